@@ -1,0 +1,162 @@
+"""openbell's error hierarchy.
+
+::
+
+    OpenbellError
+     ├── EstateError            the estate YAML is malformed or inconsistent
+     │    └── UnknownNameError  a region/host/app that does not exist (lists the valid ones)
+     ├── ConnectorError         talking to a target failed (names target, action, answer)
+     │    ├── SshError
+     │    │    ├── HostUnreachableError   refused, timed out, no route
+     │    │    ├── HostKeyError           unknown or mismatched host key
+     │    │    ├── AuthError              the key was refused
+     │    │    ├── CommandTimeoutError    the command did not finish in its deadline
+     │    │    └── ConnectionLostError    lost after the command was sent: outcome unknown
+     │    ├── HttpError
+     │    ├── FixError
+     │    │    ├── FixLogonRejectedError
+     │    │    ├── FixSequenceTooLowError (carries the expected MsgSeqNum)
+     │    │    └── FixTimeoutError
+     │    └── SqlError
+     │         ├── ReadOnlyViolationError
+     │         └── SqlTimeoutError
+     └── NotifyError            a notification could not be delivered (never fails a run)
+
+Every message says which target, what was tried, and what came back.
+"""
+
+from __future__ import annotations
+
+
+class OpenbellError(Exception):
+    """Base of every error openbell raises on purpose."""
+
+
+class EstateError(OpenbellError):
+    """The estate configuration is invalid.
+
+    Attributes:
+        file: the YAML file, when known.
+        line: 1-based line number, when known.
+        key_path: dotted path of the offending key, e.g. ``apps.oms.hosts[0]``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key_path: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.key_path = key_path
+        self.reason = message
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        key = f"{key_path}: " if key_path else ""
+        super().__init__(f"{where}{key}{message}")
+
+
+class UnknownNameError(EstateError):
+    """A name (region, host, app, ...) that the estate does not define."""
+
+    def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...], **kw: object):
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        listing = ", ".join(self.valid) if self.valid else "(none defined)"
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {listing}", **kw)  # type: ignore[arg-type]
+
+
+class ConnectorError(OpenbellError):
+    """Talking to a target failed.
+
+    Attributes:
+        target: the host, session, URL or database name.
+        action: what was tried.
+        answer: what came back (exit code, stderr tail, reject text), if anything.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, target: str, action: str, answer: str = "") -> None:
+        self.target = target
+        self.action = action
+        self.answer = answer
+        msg = f"{target}: {action}"
+        if answer:
+            msg += f": {answer}"
+        super().__init__(msg)
+
+
+class SshError(ConnectorError):
+    """An SSH connection or command failed."""
+
+
+class HostUnreachableError(SshError):
+    """The host refused or did not answer within its connect deadline."""
+
+    retryable = True
+
+
+class HostKeyError(SshError):
+    """The host key is not in known_hosts or does not match it."""
+
+
+class AuthError(SshError):
+    """The host refused our key."""
+
+
+class CommandTimeoutError(SshError):
+    """The command did not finish within its deadline (the outcome is unknown)."""
+
+
+class ConnectionLostError(SshError):
+    """The connection dropped after the command was sent: the outcome is unknown."""
+
+
+class HttpError(ConnectorError):
+    """An HTTP request failed or answered with an unexpected status."""
+
+
+class FixError(ConnectorError):
+    """A FIX session probe failed."""
+
+
+class FixLogonRejectedError(FixError):
+    """The counterparty answered our Logon with a Logout or a Reject."""
+
+
+class FixSequenceTooLowError(FixError):
+    """The counterparty expects a higher MsgSeqNum than we sent.
+
+    Attributes:
+        expected: the MsgSeqNum the counterparty expects next.
+    """
+
+    def __init__(self, target: str, action: str, answer: str, expected: int) -> None:
+        self.expected = expected
+        super().__init__(target, action, answer)
+
+
+class FixTimeoutError(FixError):
+    """The counterparty did not answer in time."""
+
+
+class SqlError(ConnectorError):
+    """A SQL check failed to run."""
+
+
+class ReadOnlyViolationError(SqlError):
+    """The statement would write, or is not a single statement."""
+
+
+class SqlTimeoutError(SqlError):
+    """The statement exceeded its timeout."""
+
+
+class NotifyError(OpenbellError):
+    """A notification could not be delivered; recorded, never fails a run."""

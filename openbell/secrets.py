@@ -1,0 +1,102 @@
+"""Secret references and redaction by value.
+
+A secret is named in the estate (``url_secret: OMS_DB_URL``) and resolved at the last
+moment from the environment or a Prefect Secret block. Every resolved value is
+registered here so that ``redact`` removes it from any text that leaves the process:
+logs, reports, Slack messages, outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from pydantic import SecretStr
+
+from openbell.errors import OpenbellError
+
+log = logging.getLogger(__name__)
+
+MASK = "***"
+_lock = threading.Lock()
+_values: set[str] = set()
+
+
+class SecretNotFoundError(OpenbellError):
+    """A secret reference that neither the environment nor Prefect can resolve."""
+
+
+def register(value: str) -> None:
+    """Remember a secret value so that ``redact`` masks it everywhere."""
+    if value and len(value) >= 4:
+        with _lock:
+            _values.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every registered secret value in ``text`` with ``***``.
+
+    Matching is literal (no regex), so values with metacharacters are safe.
+
+    Example:
+        >>> register("hunter2+++$")
+        >>> redact("password=hunter2+++$;")
+        'password=***;'
+    """
+    if not text:
+        return text
+    with _lock:
+        values = sorted(_values, key=len, reverse=True)
+    for v in values:
+        if v in text:
+            text = text.replace(v, MASK)
+    return text
+
+
+def resolve(name: str) -> SecretStr:
+    """Resolve a secret by name: environment variable first, then a Prefect Secret block.
+
+    Block names are lower-case with dashes (``OMS_DB_URL`` -> ``oms-db-url``).
+    """
+    value = os.environ.get(name)
+    if value is None:
+        value = _from_prefect(name)
+    if value is None:
+        raise SecretNotFoundError(
+            f"secret {name!r} is not set: export {name}=... or create a Prefect Secret "
+            f"block named {_block_name(name)!r}"
+        )
+    register(value)
+    return SecretStr(value)
+
+
+def _block_name(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _from_prefect(name: str) -> str | None:
+    try:
+        from prefect.blocks.system import Secret
+
+        block = Secret.load(_block_name(name), _sync=True)  # type: ignore[call-arg]
+    except Exception as exc:  # no server, no block: not this source
+        log.debug("no Prefect secret block for %s: %s", name, type(exc).__name__)
+        return None
+    value = block.get()
+    return value if isinstance(value, str) else str(value)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts secret values from every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return True
+        red = redact(msg)
+        if red != msg:
+            record.msg = red
+            record.args = None
+        return True

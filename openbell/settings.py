@@ -1,0 +1,52 @@
+"""The one place that reads the environment (``OPENBELL_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ESTATE = REPO_ROOT / "runbooks" / "lab.yaml"
+
+
+class Settings(BaseSettings):
+    """openbell settings, read from ``OPENBELL_*`` environment variables.
+
+    Example:
+        >>> Settings(home="/tmp/ob").reports_dir
+        PosixPath('/tmp/ob/reports')
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OPENBELL_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.openbell"), description="State, reports, lab files.")
+    estate: Path = Field(default=DEFAULT_ESTATE, description="The estate YAML to load.")
+    slack_token: SecretStr | None = Field(default=None, description="Slack bot token.")
+    slack_base_url: str = Field(default="https://slack.com/api/")
+    prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")
+    operator: str | None = Field(default=None, description="Who runs the CLI (else $USER).")
+
+    def model_post_init(self, __context: object) -> None:
+        object.__setattr__(self, "home", self.home.expanduser().resolve())
+        object.__setattr__(self, "estate", self.estate.expanduser())
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def lab_dir(self) -> Path:
+        return self.home / "lab"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for this process (cached; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,362 @@
+"""The estate: what exists and where, as frozen pydantic models.
+
+An estate YAML (see ``runbooks/lab.yaml``) names regions, hosts, apps, FIX sessions,
+market-data feeds, databases with their read-only checks, people and groups. Models
+forbid unknown keys; cross-references (an app on a host, a host in a region, a
+dependency between apps) are checked after parsing, and a dependency cycle is shown.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from openbell.errors import EstateError, UnknownNameError
+
+ClockTier = Literal["hft", "algo", "voice"]
+#: MiFID II RTS 25 maximum divergence from UTC per tier, in microseconds.
+CLOCK_TIER_MAX_US: dict[str, int] = {"hft": 100, "algo": 1_000, "voice": 1_000_000}
+
+
+def _to_argv(value: Any) -> Any:
+    """Accept a command as a list of arguments or as one string (split like a shell)."""
+    if isinstance(value, str):
+        return shlex.split(value)
+    return value
+
+
+Command = Annotated[list[str], BeforeValidator(_to_argv), Field(min_length=1)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Thresholds(Model):
+    """Check limits; every one can be overridden per region."""
+
+    disk_max_pct: float = Field(default=80.0, gt=0, le=100)
+    clock_tier: ClockTier = "algo"
+    clock_max_offset_us: int | None = Field(default=None, gt=0)
+    feed_max_staleness_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def clock_limit_us(self) -> int:
+        return self.clock_max_offset_us or CLOCK_TIER_MAX_US[self.clock_tier]
+
+
+class Region(Model):
+    """A trading region: a timezone, its venues' calendars, and who to tell."""
+
+    timezone: str
+    calendars: list[str] = Field(min_length=1, description="exchange_calendars codes; first is primary")
+    slack_channel: str
+    approver_group: str
+    work_pool: str
+    thresholds: Thresholds = Thresholds()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {v!r} (expected an IANA name like Europe/London)") from exc
+        return v
+
+    @field_validator("calendars")
+    @classmethod
+    def _known_calendars(cls, v: list[str]) -> list[str]:
+        import exchange_calendars as xcals
+
+        names = set(xcals.get_calendar_names(include_aliases=True))
+        bad = [c for c in v if c not in names]
+        if bad:
+            raise ValueError(f"unknown exchange calendar(s) {bad} (expected codes such as XNYS, XLON, XTKS)")
+        return v
+
+    @property
+    def primary_calendar(self) -> str:
+        return self.calendars[0]
+
+
+class Host(Model):
+    """A machine reached over SSH."""
+
+    region: str
+    address: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str
+    identity_file: Path | None = None
+    host_key: str | None = Field(default=None, description="pinned 'type base64' key; else known_hosts")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    command_timeout_s: float = Field(default=30.0, gt=0)
+    disk_paths: list[str] = Field(default_factory=lambda: ["."])
+    fix_store_dir: str | None = None
+    log_dir: str | None = None
+    clock_command: Command = Field(default_factory=lambda: ["chronyc", "tracking"])
+
+
+class App(Model):
+    """A process that must run on some hosts, started in dependency order."""
+
+    hosts: list[str] = Field(min_length=1)
+    start: Command
+    stop: Command
+    status: Command = Field(description="exit 0 = running, non-zero = not running")
+    health_url: str | None = Field(default=None, description="{host} is replaced by the host address")
+    expected_version: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    start_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class FixSession(Model):
+    """A FIX session we initiate: order entry or drop copy."""
+
+    region: str
+    kind: Literal["order_entry", "drop_copy"] = "order_entry"
+    address: str
+    port: int = Field(ge=1, le=65535)
+    begin_string: Literal["FIX.4.2", "FIX.4.4", "FIXT.1.1"] = "FIX.4.4"
+    default_appl_ver_id: str | None = Field(default=None, description="FIXT.1.1 only; 9 = FIX50SP2")
+    sender_comp_id: str
+    target_comp_id: str
+    heartbeat_s: int = Field(default=30, ge=1, le=300)
+    reset_policy: Literal["daily", "weekly", "never"] = "daily"
+    reset_weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] | None = None
+    reset_on_logon: bool = Field(default=True, description="send 141=Y on the probe's Logon")
+    username: str | None = None
+    password_secret: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fixt_needs_appl_ver(self) -> FixSession:
+        if self.begin_string == "FIXT.1.1" and not self.default_appl_ver_id:
+            object.__setattr__(self, "default_appl_ver_id", "9")
+        if self.reset_policy == "weekly" and not self.reset_weekday:
+            raise ValueError("reset_policy 'weekly' needs reset_weekday (mon..sun)")
+        return self
+
+
+class Feed(Model):
+    """A market-data feed with an HTTP status endpoint."""
+
+    region: str
+    status_url: str
+    max_staleness_s: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=3.0, gt=0)
+
+
+SqlStep = Literal["refdata", "positions", "limits", "controls", "batch"]
+
+
+class Expectation(Model):
+    """What a check's scalar result (first column of the first row) must satisfy."""
+
+    min: float | None = None
+    max: float | None = None
+    equals: float | str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Expectation:
+        if self.min is None and self.max is None and self.equals is None:
+            raise ValueError("an expectation needs at least one of min, max, equals")
+        return self
+
+    def describe(self) -> str:
+        parts = []
+        if self.equals is not None:
+            parts.append(f"= {self.equals}")
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        return " and ".join(parts)
+
+    def holds(self, value: Any) -> bool:
+        if self.equals is not None:
+            if isinstance(self.equals, str):
+                return str(value) == self.equals
+            if value is None or float(value) != float(self.equals):
+                return False
+        if value is None:
+            return self.min is None and self.max is None
+        if self.min is not None and float(value) < self.min:
+            return False
+        return not (self.max is not None and float(value) > self.max)
+
+
+class SqlCheck(Model):
+    """A named read-only query with an expectation. Binds :trade_date, :prev_trade_date."""
+
+    name: str
+    step: SqlStep
+    sql: str
+    expect: Expectation
+    description: str = ""
+
+
+class Database(Model):
+    """A database reached with SQLAlchemy; the URL is a secret reference or a plain URL."""
+
+    region: str
+    url: str | None = None
+    url_secret: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    checks: list[SqlCheck] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Database:
+        if (self.url is None) == (self.url_secret is None):
+            raise ValueError("give exactly one of url or url_secret")
+        return self
+
+
+class Person(Model):
+    name: str
+    slack_id: str | None = None
+    identities: list[str] = Field(default_factory=list, description="other logins of the same person")
+
+
+class Group(Model):
+    members: list[str] = Field(default_factory=list)
+
+
+class Estate(Model):
+    """Everything openbell knows about the trading estate."""
+
+    version: Literal[1] = 1
+    known_hosts: Path
+    regions: dict[str, Region]
+    hosts: dict[str, Host] = Field(default_factory=dict)
+    apps: dict[str, App] = Field(default_factory=dict)
+    fix_sessions: dict[str, FixSession] = Field(default_factory=dict)
+    feeds: dict[str, Feed] = Field(default_factory=dict)
+    databases: dict[str, Database] = Field(default_factory=dict)
+    people: dict[str, Person] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(default_factory=dict)
+    source: str | None = Field(default=None, exclude=True, description="the file it came from")
+
+    # ---- lookups that name the valid choices on a miss ------------------------------
+    def region(self, name: str) -> Region:
+        key = name.lower()
+        if key not in self.regions:
+            raise UnknownNameError("region", name, list(self.regions))
+        return self.regions[key]
+
+    def host(self, name: str) -> Host:
+        if name not in self.hosts:
+            raise UnknownNameError("host", name, list(self.hosts))
+        return self.hosts[name]
+
+    def app(self, name: str) -> App:
+        if name not in self.apps:
+            raise UnknownNameError("app", name, list(self.apps))
+        return self.apps[name]
+
+    def hosts_in(self, region: str) -> dict[str, Host]:
+        return {n: h for n, h in self.hosts.items() if h.region == region}
+
+    def apps_in(self, region: str) -> dict[str, App]:
+        return {n: a for n, a in self.apps.items() if self.hosts[a.hosts[0]].region == region}
+
+    def fix_sessions_in(self, region: str) -> dict[str, FixSession]:
+        return {n: s for n, s in self.fix_sessions.items() if s.region == region}
+
+    def feeds_in(self, region: str) -> dict[str, Feed]:
+        return {n: f for n, f in self.feeds.items() if f.region == region}
+
+    def databases_in(self, region: str) -> dict[str, Database]:
+        return {n: d for n, d in self.databases.items() if d.region == region}
+
+    def thresholds(self, region: str) -> Thresholds:
+        return self.region(region).thresholds
+
+    def app_tiers(self, region: str) -> list[list[str]]:
+        """Apps of a region grouped in start order: tier 0 has no dependencies in the region."""
+        apps = self.apps_in(region)
+        level: dict[str, int] = {}
+
+        def depth(name: str) -> int:
+            if name not in level:
+                deps = [d for d in self.apps[name].depends_on if d in apps]
+                level[name] = 1 + max((depth(d) for d in deps), default=-1)
+            return level[name]
+
+        for name in apps:
+            depth(name)
+        tiers: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+        for name in sorted(apps):
+            tiers[level[name]].append(name)
+        return tiers
+
+    # ---- cross-reference validation ----------------------------------------------------
+    @model_validator(mode="after")
+    def _cross_references(self) -> Estate:
+        regions = list(self.regions)
+        for name, r in self.regions.items():
+            if name != name.lower():
+                raise EstateError("region names must be lower case", key_path=f"regions.{name}")
+            if self.groups and r.approver_group not in self.groups:
+                raise UnknownNameError(
+                    "group", r.approver_group, list(self.groups),
+                    key_path=f"regions.{name}.approver_group",
+                )
+        for kind, items in (
+            ("hosts", self.hosts), ("fix_sessions", self.fix_sessions),
+            ("feeds", self.feeds), ("databases", self.databases),
+        ):
+            for name, item in items.items():
+                if item.region not in self.regions:  # type: ignore[attr-defined]
+                    raise UnknownNameError(
+                        "region", item.region, regions, key_path=f"{kind}.{name}.region"  # type: ignore[attr-defined]
+                    )
+        for name, app in self.apps.items():
+            for i, h in enumerate(app.hosts):
+                if h not in self.hosts:
+                    raise UnknownNameError("host", h, list(self.hosts), key_path=f"apps.{name}.hosts[{i}]")
+            for i, d in enumerate(app.depends_on):
+                if d not in self.apps:
+                    raise UnknownNameError("app", d, list(self.apps), key_path=f"apps.{name}.depends_on[{i}]")
+        for gname, group in self.groups.items():
+            for i, m in enumerate(group.members):
+                if m not in self.people:
+                    raise UnknownNameError("person", m, list(self.people), key_path=f"groups.{gname}.members[{i}]")
+        cycle = _find_cycle({n: a.depends_on for n, a in self.apps.items()})
+        if cycle:
+            raise EstateError(
+                "dependency cycle: " + " -> ".join(cycle), key_path=f"apps.{cycle[0]}.depends_on"
+            )
+        return self
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one cycle as a path that ends where it starts, or None."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(graph, white)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = grey
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if color.get(nxt, black) == grey:
+                return [*stack[stack.index(nxt):], nxt]
+            if color.get(nxt) == white:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = black
+        return None
+
+    for n in sorted(graph):
+        if color[n] == white:
+            found = visit(n)
+            if found:
+                return found
+    return None
