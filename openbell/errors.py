@@ -53,11 +53,20 @@ class EstateError(OpenbellError):
         self.line = line
         self.key_path = key_path
         self.reason = message
+        super().__init__(self._format())
+
+    def _format(self) -> str:
         where = ""
-        if file:
-            where = f"{file}:{line}: " if line else f"{file}: "
-        key = f"{key_path}: " if key_path else ""
-        super().__init__(f"{where}{key}{message}")
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        key = f"{self.key_path}: " if self.key_path else ""
+        return f"{where}{key}{self.reason}"
+
+    def located(self, file: str, line: int | None) -> EstateError:
+        """The same error (same class), placed in a file at a line."""
+        self.file, self.line = file, line
+        self.args = (self._format(),)
+        return self
 
 
 class UnknownNameError(EstateError):

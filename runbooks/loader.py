@@ -78,9 +78,7 @@ def load_estate(path: str | Path | None = None) -> Estate:
         raise EstateError(msg, file=shown, line=_line_of(root, loc), key_path=key_path) from None
     except EstateError as exc:
         loc = _parse_path(exc.key_path) if exc.key_path else []
-        raise EstateError(
-            exc.reason, file=shown, line=_line_of(root, loc), key_path=exc.key_path
-        ) from None
+        raise exc.located(shown, _line_of(root, loc)) from None
 
 
 def _expand(value: Any) -> Any:

@@ -16,6 +16,9 @@ _HOME = Path(tempfile.mkdtemp(prefix="openbell-test-home-"))
 os.environ["OPENBELL_HOME"] = str(_HOME)
 os.environ.pop("OPENBELL_SLACK_TOKEN", None)
 os.environ.pop("OPENBELL_ESTATE", None)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect-client")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 pytest_plugins = [
     "tests.fixtures.prefect",

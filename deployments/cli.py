@@ -1,0 +1,277 @@
+"""The ``openbell`` command line: thin, over flows/ and lab/.
+
+Errors are one red line and a non-zero exit code; ``--json`` gives machine-readable
+output where a script would want it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Keep Prefect's console chatter out of the live progress table; the logs still reach
+# the Prefect server (and its UI). --verbose turns them back on.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+import functools  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from openbell.errors import OpenbellError  # noqa: E402
+from openbell.secrets import redact  # noqa: E402
+from openbell.settings import get_settings  # noqa: E402
+
+app = typer.Typer(help="openbell: trading-desk runbooks as Prefect flows.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+lab_app = typer.Typer(help="The simulated trading estate.", no_args_is_help=True)
+fault_app = typer.Typer(help="Inject faults into the running lab.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+lab_app.add_typer(fault_app, name="fault")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+out = Console()
+err = Console(stderr=True)
+
+RUNBOOKS = {"sod": "start of day"}
+
+Region = Annotated[str, typer.Option("--region", "-r", help="region name, e.g. emea")]
+DateOpt = Annotated[str | None, typer.Option("--date", "-d", help="trade date YYYY-MM-DD (default: today)")]
+EstateOpt = Annotated[Path | None, typer.Option("--estate", help="estate YAML (default OPENBELL_ESTATE)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+class CliError(OpenbellError):
+    """A usage problem: one line, exit code 2."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn openbell errors into one red line and an exit code (2 for usage, else 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CliError as exc:
+            fail(str(exc), code=2)
+        except OpenbellError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+
+    return wrapper
+
+
+def command(target: typer.Typer, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``@target.command`` with friendly errors."""
+
+    def deco(fn: Callable[P, R]) -> Callable[P, R]:
+        target.command(name)(friendly(fn))
+        return fn
+
+    return deco
+
+
+def parse_date(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--date {text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-24") from None
+
+
+def check_runbook(runbook: str) -> str:
+    key = runbook.lower()
+    if key not in RUNBOOKS:
+        raise CliError(f"unknown runbook {runbook!r}; valid runbooks: {', '.join(RUNBOOKS)}")
+    return key
+
+
+@command(app)
+def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = None) -> None:
+    """Check an estate file: schema, cross-references, dependency cycles."""
+    from runbooks.loader import load_estate
+
+    estate = load_estate(path)
+    out.print(
+        f"[green]ok[/] {estate.source}: {len(estate.regions)} regions, {len(estate.hosts)} hosts, "
+        f"{len(estate.apps)} apps, {len(estate.fix_sessions)} FIX sessions, {len(estate.feeds)} feeds, "
+        f"{len(estate.databases)} databases"
+    )
+
+
+@command(app)
+def plan(
+    runbook: Annotated[str, typer.Argument(help="sod")],
+    region: Region,
+    day: DateOpt = None,
+    estate_path: EstateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print what a run would do, touching nothing."""
+    from deployments.display import plan_renderable
+    from flows.common import today_in
+    from flows.plan import build_sod_plan
+    from runbooks.loader import load_estate
+
+    check_runbook(runbook)
+    trade_date = parse_date(day)
+    estate = load_estate(estate_path)
+    estate.region(region)
+    the_plan = build_sod_plan(estate, region.lower(), trade_date or today_in(estate, region.lower()))
+    if as_json:
+        out.print_json(the_plan.model_dump_json())
+    else:
+        out.print(plan_renderable(the_plan))
+
+
+@command(app)
+def run(
+    runbook: Annotated[str, typer.Argument(help="sod")],
+    region: Region,
+    day: DateOpt = None,
+    estate_path: EstateOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="plan and record, touch nothing")] = False,
+    as_json: JsonOpt = False,
+    operator: Annotated[str | None, typer.Option("--as", help="operator name")] = None,
+) -> None:
+    """Run a runbook as a Prefect flow; exit 0 only when every check passed."""
+    from deployments import runner
+
+    check_runbook(runbook)
+    trade_date = parse_date(day)
+    record = runner.run_runbook(
+        runbook, region, trade_date, estate=estate_path, dry_run=dry_run, operator=operator,
+        console=None if as_json else out,
+    )
+    if as_json:
+        out.print_json(json.dumps(record.model_dump(mode="json") | {"status": record.status.value}))
+    else:
+        from deployments.display import summary_table
+
+        out.print(summary_table(record))
+        for kind in ("html", "md", "json"):
+            if kind in record.reports:
+                out.print(f"report ({kind}): {record.reports[kind]}")
+    raise typer.Exit(0 if record.passed else 1)
+
+
+@command(lab_app, "up")
+def lab_up(estate_path: EstateOpt = None) -> None:
+    """Start the simulated estate in the background and print its endpoints."""
+    from lab import supervisor
+
+    status = supervisor.up(estate_path or get_settings().estate)
+    _print_lab(status)
+
+
+@command(lab_app, "down")
+def lab_down() -> None:
+    """Stop the simulated estate and every app it started."""
+    from lab import supervisor
+
+    supervisor.down()
+    out.print("lab stopped")
+
+
+@command(lab_app, "status")
+def lab_status(as_json: JsonOpt = False) -> None:
+    """Show whether the lab runs and its endpoints."""
+    from lab import supervisor
+
+    status = supervisor.status()
+    if as_json:
+        out.print_json(json.dumps(_jsonable(status)))
+    else:
+        _print_lab(status)
+
+
+@command(fault_app, "add")
+def fault_add(
+    kind: str, target: str,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
+) -> None:
+    """Inject a fault, e.g. `openbell lab fault add slow_host emea-app1 -p seconds=20`."""
+    from lab.faults import FaultBook
+
+    params: dict[str, Any] = {}
+    for item in param or []:
+        if "=" not in item:
+            raise CliError(f"--param {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        params[k] = int(v) if v.lstrip("-").isdigit() else v
+    try:
+        fault = FaultBook(get_settings().lab_dir / "faults.json").add(kind, target, **params)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    out.print(f"fault set: {fault.kind} on {fault.target} {fault.params or ''}")
+
+
+@command(fault_app, "clear")
+def fault_clear() -> None:
+    """Remove every injected fault."""
+    from lab.faults import FaultBook
+
+    FaultBook(get_settings().lab_dir / "faults.json").clear()
+    out.print("faults cleared")
+
+
+@command(fault_app, "list")
+def fault_list() -> None:
+    """List the injected faults."""
+    from lab.faults import FaultBook
+
+    faults = FaultBook(get_settings().lab_dir / "faults.json").active()
+    for f in faults:
+        out.print(f"{f.kind} {f.target} {f.params or ''}")
+    if not faults:
+        out.print("no faults")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(obj)
+    return obj
+
+
+def _print_lab(status: Any) -> None:
+    data = _jsonable(status)
+    out.print(f"lab: {'running' if data.get('running') else 'stopped'} (pid {data.get('pid')})")
+    for ep in data.get("endpoints", []):
+        mark = "[green]up[/]" if ep.get("listening") else "[red]down[/]"
+        out.print(f"  {mark} {ep.get('kind'):<6} {ep.get('name'):<20} {ep.get('address')}")
+
+
+def main() -> None:
+    """Entry point. Set OPENBELL_DEBUG=1 to see tracebacks of unexpected errors."""
+    try:
+        app()
+    except Exception as exc:
+        if os.environ.get("OPENBELL_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {redact(f'{type(exc).__name__}: {exc}')} "
+                  "(set OPENBELL_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

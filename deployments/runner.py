@@ -1,0 +1,70 @@
+"""Run a runbook flow in this process against the local (or configured) Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from openbell.errors import OpenbellError
+from openbell.run import RunRecord
+from runbooks.loader import load_estate
+
+log = logging.getLogger(__name__)
+
+
+class RunFailedError(OpenbellError):
+    """The flow crashed before it could record its own outcome."""
+
+
+def run_runbook(
+    runbook: str,
+    region: str,
+    trade_date: date | None,
+    *,
+    estate: Path | str | None = None,
+    dry_run: bool = False,
+    operator: str | None = None,
+    console: Console | None = None,
+) -> RunRecord:
+    """Run a runbook for a region as a Prefect flow and return its record.
+
+    The estate and region are validated first, so a typo fails in milliseconds rather
+    than after the Prefect server starts.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.prefect_server import ensure_server
+    from flows import common
+    from flows.common import RunParams
+    from flows.start_of_day import start_of_day
+
+    loaded = load_estate(estate)
+    loaded.region(region)
+    params = RunParams(region=region.lower(), trade_date=trade_date, dry_run=dry_run,
+                       estate=str(loaded.source), operator=operator)
+    flows = {"sod": start_of_day}
+    api_url = ensure_server()
+    progress: Any = None
+    if console is not None and console.is_terminal:
+        from deployments.display import Progress
+
+        progress = Progress(console)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        common.progress_listener = progress
+        try:
+            if progress:
+                with progress:
+                    state = asyncio.run(flows[runbook](params, return_state=True))
+            else:
+                state = asyncio.run(flows[runbook](params, return_state=True))
+        finally:
+            common.progress_listener = None
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunRecord):
+        return result
+    raise RunFailedError(f"{runbook} {region} crashed: {state.message or result}")

@@ -1,0 +1,99 @@
+"""Applications: started in dependency order, only if down, then verified.
+
+``ensure_apps_running`` handles one dependency tier; the flow calls it tier by tier.
+For each (app, host) it reads the state (the app's status command), starts the app
+only when it is down, then verifies: running, health endpoint 200, expected version.
+An app whose dependency did not come up is skipped with that reason, never started.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from openbell.outcome import Outcome, Status, utcnow
+from openbell.run import StepResult
+from runbooks.schema import App
+from tasks.context import RunContext, fan_out, in_thread
+from tasks.steps import timed_step
+
+
+def health_url(app: App, address: str) -> str | None:
+    """The app's health URL for one host (``{host}`` is the host's address)."""
+    return app.health_url.replace("{host}", address) if app.health_url else None
+
+
+async def _verify(ctx: RunContext, name: str, app: App, host: str) -> tuple[bool, str, dict[str, object]]:
+    """(healthy, detail, evidence) from the health endpoint, or the status command."""
+    url = health_url(app, ctx.estate.host(host).address)
+    if url is None:
+        res = await in_thread(ctx, ctx.ssh.run, host, app.status)
+        return res.ok, ("running" if res.ok else f"status exited {res.exit_status}"), {}
+    answer = await ctx.http.get(url, target=f"{name}@{host}", timeout=5.0, retries=2)
+    body = answer.json if isinstance(answer.json, dict) else {}
+    version = str(body.get("version", "")) or None
+    evidence: dict[str, object] = {"health_status": answer.status, "version": version}
+    if answer.status != 200:
+        return False, f"health {url} answered {answer.status}", evidence
+    if app.expected_version and version != app.expected_version:
+        return False, f"running version {version}, expected {app.expected_version}", evidence
+    return True, f"healthy, version {version}" if version else "healthy", evidence
+
+
+async def _ensure_one(ctx: RunContext, name: str, app: App, host: str) -> Outcome:
+    started = utcnow()
+    target = f"{name}@{host}"
+    status = await in_thread(ctx, ctx.ssh.run, host, app.status)
+    changed = False
+    if not status.ok:
+        res = await in_thread(ctx, ctx.ssh.run, host, app.start, timeout=app.start_timeout_s)
+        if not res.ok:
+            tail = (res.stderr.strip() or res.stdout.strip())[-300:]
+            return Outcome(step="apps", target=target, status=Status.FAILED, started_at=started,
+                           detail=f"was down; start exited {res.exit_status}: {tail}",
+                           evidence={"start_exit": res.exit_status})
+        changed = True
+    healthy, detail, evidence = await _verify(ctx, name, app, host)
+    if not healthy:
+        prefix = "started but " if changed else ""
+        return Outcome(step="apps", target=target, status=Status.FAILED, started_at=started,
+                       detail=prefix + detail, evidence=evidence)
+    return Outcome(step="apps", target=target, started_at=started, evidence=evidence,
+                   status=Status.CHANGED if changed else Status.OK,
+                   detail=("started; " if changed else "already running; ") + detail)
+
+
+@task(name="ensure_apps_running", cache_policy=NO_CACHE, task_run_name="ensure_apps_running[tier {tier}]")
+async def ensure_apps_running(ctx: RunContext, tier: int, apps: list[str], failed: set[str]) -> StepResult:
+    """Make every app of one dependency tier run and verify it.
+
+    Args:
+        ctx: the run.
+        tier: tier number (0 starts first), for names only.
+        apps: the apps of this tier.
+        failed: apps of earlier tiers that did not come up; their dependents are skipped.
+    """
+    skipped: list[Outcome] = []
+    targets: list[tuple[str, tuple[str, App, str]]] = []
+    for name in apps:
+        app = ctx.estate.app(name)
+        blocked = sorted(set(app.depends_on) & failed)
+        for host in app.hosts:
+            if blocked:
+                skipped.append(Outcome(step="apps", target=f"{name}@{host}", status=Status.SKIPPED,
+                                       detail=f"not started: dependency {', '.join(blocked)} is not up"))
+            else:
+                targets.append((f"{name}@{host}", (name, app, host)))
+
+    async def probe(_: str, item: tuple[str, App, str]) -> Outcome:
+        return await _ensure_one(ctx, *item)
+
+    async def work() -> list[Outcome]:
+        return skipped + await fan_out("apps", targets, probe)
+
+    return await timed_step(ctx, f"apps_tier{tier}", f"Apps running, tier {tier}: {', '.join(apps)}", work())
+
+
+def apps_not_up(result: StepResult) -> set[str]:
+    """App names with any target not ok/changed in a tier's result."""
+    return {o.target.split("@", 1)[0] for o in result.outcomes if o.status not in (Status.OK, Status.CHANGED)}

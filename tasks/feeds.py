@@ -1,0 +1,58 @@
+"""Market-data feeds fresh: last update younger than the limit, no unrecovered gaps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from openbell.outcome import Outcome, Status, utcnow
+from openbell.run import StepResult
+from runbooks.schema import Feed
+from tasks.context import RunContext, fan_out
+from tasks.steps import timed_step
+
+
+def judge_feed(name: str, body: dict[str, object], max_age_s: float, now: datetime) -> tuple[Status, str]:
+    """(status, detail) for a feed's status document.
+
+    Example:
+        >>> from datetime import UTC
+        >>> now = datetime(2026, 11, 26, 8, 0, 10, tzinfo=UTC)
+        >>> judge_feed("f", {"last_update": "2026-11-26T08:00:00Z", "gaps": []}, 5, now)
+        (<Status.FAILED: 'failed'>, 'stale: last update 10.0 s ago (limit 5 s)')
+    """
+    raw = body.get("last_update")
+    if not isinstance(raw, str):
+        return Status.FAILED, "status document has no last_update"
+    age = (now - datetime.fromisoformat(raw.replace("Z", "+00:00"))).total_seconds()
+    gaps = body.get("gaps") or []
+    problems = []
+    if age > max_age_s:
+        problems.append(f"stale: last update {age:.1f} s ago (limit {max_age_s:g} s)")
+    if gaps:
+        problems.append(f"{len(gaps)} unrecovered gap(s): {gaps[:3]}")  # type: ignore[index,arg-type]
+    if problems:
+        return Status.FAILED, "; ".join(problems)
+    return Status.OK, f"last update {max(age, 0):.1f} s ago, sequence {body.get('sequence')}, no gaps"
+
+
+@task(name="check_feeds", cache_policy=NO_CACHE)
+async def check_feeds(ctx: RunContext) -> StepResult:
+    """Every market-data feed of the region is fresh and gap-free."""
+    default_max = ctx.estate.thresholds(ctx.region).feed_max_staleness_s
+
+    async def probe(name: str, feed: Feed) -> Outcome:
+        started = utcnow()
+        answer = await ctx.http.get(feed.status_url, target=name, timeout=feed.timeout_s, retries=2)
+        if answer.status != 200 or not isinstance(answer.json, dict):
+            return Outcome(step="feeds", target=name, status=Status.FAILED, started_at=started,
+                           detail=f"{feed.status_url} answered {answer.status}")
+        status, detail = judge_feed(name, answer.json, feed.max_staleness_s or default_max, utcnow())
+        evidence = {k: answer.json.get(k) for k in ("last_update", "sequence", "gaps")}
+        return Outcome(step="feeds", target=name, status=status, detail=detail,
+                       started_at=started, evidence=evidence)
+
+    feeds = sorted(ctx.estate.feeds_in(ctx.region).items())
+    return await timed_step(ctx, "feeds", "Market-data feeds fresh", fan_out("feeds", feeds, probe))

@@ -1,0 +1,117 @@
+"""Estate loading: the lab file validates; every bad input names file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openbell.errors import EstateError, UnknownNameError
+from runbooks.loader import load_estate
+
+LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "estate.yaml"
+    p.write_text(text)
+    return p
+
+
+def mutate(tmp_path: Path, old: str, new: str) -> Path:
+    text = LAB.read_text()
+    assert old in text, old
+    return write(tmp_path, text.replace(old, new, 1))
+
+
+def test_lab_estate_loads_with_three_regions() -> None:
+    estate = load_estate(LAB)
+    assert sorted(estate.regions) == ["amer", "apac", "emea"]
+    assert estate.region("amer").primary_calendar == "XNYS"
+    assert estate.fix_sessions["amer-oe"].default_appl_ver_id == "9"
+    assert estate.app_tiers("emea")[0] == ["emea-refdata"]
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "version: 1\nregions:\n  emea: {timezone: Europe/London\n  bad\n")
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert str(p) in str(exc.value)
+    assert exc.value.line is not None and exc.value.line >= 3
+    assert "malformed YAML" in str(exc.value)
+
+
+def test_unknown_key_names_line_and_path(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "    command_timeout_s: 10\n", "    command_timeout_s: 10\n    colour: blue\n")
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    err = exc.value
+    assert err.key_path == "hosts.apac-app1.colour"
+    assert "unknown key 'colour'" in str(err)
+    assert p.read_text().splitlines()[err.line - 1].strip() == "colour: blue"
+
+
+def test_wrong_type_says_what_was_expected(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "    port: 42201\n", "    port: twenty-two\n")
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert exc.value.key_path == "hosts.apac-app1.port"
+    assert "integer" in str(exc.value) and "twenty-two" in str(exc.value)
+    assert "port: twenty-two" in p.read_text().splitlines()[exc.value.line - 1]
+
+
+def test_app_on_unknown_host_lists_known_hosts(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "    hosts: [emea-app1]\n", "    hosts: [emea-app9]\n")
+    with pytest.raises(UnknownNameError) as exc:
+        load_estate(p)
+    msg = str(exc.value)
+    assert "unknown host 'emea-app9'" in msg
+    assert "emea-app1, emea-gw1" in msg
+    assert exc.value.key_path is not None and exc.value.key_path.endswith(".hosts[0]")
+    assert exc.value.line is not None
+
+
+def test_dependency_cycle_is_shown(tmp_path: Path) -> None:
+    text = LAB.read_text().replace(
+        "  emea-refdata:\n    hosts: [emea-app1]\n",
+        "  emea-refdata:\n    hosts: [emea-app1]\n    depends_on: [emea-algo]\n", 1)
+    with pytest.raises(EstateError) as exc:
+        load_estate(write(tmp_path, text))
+    msg = str(exc.value)
+    assert "dependency cycle" in msg
+    assert "emea-algo" in msg and "emea-refdata" in msg
+    chain = msg.split("dependency cycle: ")[1].split(" -> ")
+    assert chain[0] == chain[-1]
+
+
+def test_unknown_calendar_and_timezone(tmp_path: Path) -> None:
+    with pytest.raises(EstateError, match="unknown exchange calendar"):
+        load_estate(mutate(tmp_path, "calendars: [XNYS]", "calendars: [XNYZ]"))
+    with pytest.raises(EstateError, match="unknown timezone"):
+        load_estate(mutate(tmp_path, "timezone: Europe/London", "timezone: Europe/Londres"))
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "    user: openbell\n", "")
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert "required key is missing" in str(exc.value)
+    assert exc.value.key_path == "hosts.apac-app1.user"
+
+
+def test_unknown_region_lists_valid_ones() -> None:
+    estate = load_estate(LAB)
+    with pytest.raises(UnknownNameError, match="valid regions: amer, apac, emea"):
+        estate.region("europe")
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(EstateError, match="no such file"):
+        load_estate(tmp_path / "nope.yaml")
+    with pytest.raises(EstateError, match="expected a mapping"):
+        load_estate(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_home_is_expanded(openbell_home: Path) -> None:
+    estate = load_estate(LAB)
+    assert estate.known_hosts == openbell_home / "lab" / "known_hosts"
