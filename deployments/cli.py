@@ -137,7 +137,7 @@ def plan(
     if as_json:
         out.print_json(the_plan.model_dump_json())
     else:
-        out.print(plan_renderable(the_plan))
+        out.print(plan_renderable(the_plan), soft_wrap=True)
 
 
 @command(app)

@@ -85,7 +85,7 @@ def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
         >>> from runbooks.loader import load_estate
         >>> plan = build_sod_plan(load_estate("runbooks/lab.yaml"), "amer", date(2026, 11, 26))
         >>> plan.runs, plan.skip_reason
-        (False, '2026-11-26 is not an XNYS session (holiday: Thanksgiving Day)')
+        (False, '2026-11-26 is not an XNYS session (holiday: Thanksgiving)')
     """
     estate.region(region)  # unknown region: the error lists the valid ones
     runs, reason, facts = calendar_facts(estate, region, day)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from openbell import secrets
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
 from runbooks.schema import FixSession
@@ -32,21 +31,12 @@ async def check_fix_sessions(ctx: RunContext) -> StepResult:
 
     async def probe(name: str, session: FixSession) -> Outcome:
         started = utcnow()
-        password = secrets.resolve(session.password_secret) if session.password_secret else None
-        r = await fix.probe_session(name, session, password=password)
+        r = await fix.probe_session(name, session)
         detail = (
             f"{r.begin_string} logon {r.logon_rtt_ms:.1f} ms, 108={r.heartbeat_echoed} echoed, "
             f"TestRequest answered in {r.test_request_rtt_ms:.1f} ms"
         )
-        evidence = {
-            "logon_rtt_ms": round(r.logon_rtt_ms, 3),
-            "test_request_rtt_ms": round(r.test_request_rtt_ms, 3),
-            "test_req_id": r.test_req_id,
-            "heartbeat_echoed": r.heartbeat_echoed,
-            "logout_clean": r.logout_clean,
-            "transcript": [f"{d} {m}" for d, m in r.transcript][:20],
-        }
         return Outcome(step="fix", target=name, status=Status.OK, started_at=started,
-                       detail=detail, evidence=evidence)
+                       detail=detail, evidence=r.evidence())
 
     return await timed_step(ctx, "fix", "FIX sessions logged on", fan_out("fix", sessions, probe))

@@ -1,0 +1,70 @@
+"""The plan: steps, targets, exact commands and the calendar's decision, touching nothing."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from flows.plan import build_sod_plan
+from openbell.errors import UnknownNameError
+from runbooks.loader import load_estate
+
+LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
+
+
+@pytest.fixture(scope="module")
+def estate():  # type: ignore[no-untyped-def]
+    return load_estate(LAB)
+
+
+def test_holiday_skips_with_reason(estate) -> None:  # type: ignore[no-untyped-def]
+    plan = build_sod_plan(estate, "amer", date(2026, 11, 26))
+    assert not plan.runs
+    assert plan.skip_reason == "2026-11-26 is not an XNYS session (holiday: Thanksgiving)"
+    assert [s.name for s in plan.steps] == ["calendar"]
+
+
+def test_weekend_skips(estate) -> None:  # type: ignore[no-untyped-def]
+    plan = build_sod_plan(estate, "emea", date(2026, 11, 28))
+    assert not plan.runs and "weekend" in (plan.skip_reason or "")
+
+
+def test_half_day_is_noted(estate) -> None:  # type: ignore[no-untyped-def]
+    plan = build_sod_plan(estate, "amer", date(2026, 11, 27))
+    assert plan.runs
+    assert plan.calendar["half_day"] is True
+    assert plan.calendar["close_local"].startswith("2026-11-27T13:00:00-05:00")
+    assert "half day" in plan.steps[0].note
+
+
+def test_session_plan_has_every_step_with_exact_commands(estate) -> None:  # type: ignore[no-untyped-def]
+    plan = build_sod_plan(estate, "emea", date(2026, 11, 24))
+    names = [s.name for s in plan.steps]
+    assert names[:5] == ["calendar", "disk", "clock", "fix_store", "logs"]
+    assert [n for n in names if n.startswith("apps_tier")] == [f"apps_tier{i}" for i in range(5)]
+    for step in ("fix", "feeds", "refdata", "positions", "limits", "controls", "batch", "alert_path"):
+        assert step in names
+    assert names[-1] == "signoff"
+    disk = next(s for s in plan.steps if s.name == "disk")
+    assert disk.actions[0].action == "ssh openbell@emea-app1 (127.0.0.1:42211) $ df -P -k ."
+    tier1 = next(s for s in plan.steps if s.name == "apps_tier1")
+    assert tier1.after == ["apps_tier0"]
+    assert any("bin/appctl start emea-risk" in a.action and a.action.startswith("if down:")
+               for a in tier1.actions)
+    fix = next(s for s in plan.steps if s.name == "fix")
+    assert any("FIX.4.4" in a.action and "108=30" in a.action for a in fix.actions)
+    refdata = next(s for s in plan.steps if s.name == "refdata")
+    assert any("SELECT COUNT(*) FROM instruments" in a.action for a in refdata.actions)
+
+
+def test_only_the_regions_targets(estate) -> None:  # type: ignore[no-untyped-def]
+    plan = build_sod_plan(estate, "apac", date(2026, 11, 24))
+    targets = [a.target for s in plan.steps for a in s.actions]
+    assert targets and not any("emea" in t or "amer" in t for t in targets)
+
+
+def test_unknown_region(estate) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnknownNameError, match="valid regions: amer, apac, emea"):
+        build_sod_plan(estate, "mars", date(2026, 11, 24))
