@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from openbell.errors import HttpError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
 from runbooks.schema import App
@@ -29,12 +30,13 @@ async def _verify(ctx: RunContext, name: str, app: App, host: str) -> tuple[bool
     if url is None:
         res = await in_thread(ctx, ctx.ssh.run, host, app.status)
         return res.ok, ("running" if res.ok else f"status exited {res.exit_status}"), {}
-    answer = await ctx.http.get(url, target=f"{name}@{host}", timeout=5.0, retries=2)
+    try:
+        answer = await ctx.http.get(url, target=f"{name}@{host}", timeout=5.0, retries=2)
+    except HttpError as exc:  # non-2xx, refused, timed out
+        return False, f"health check failed: GET {url}: {exc.answer}", {"health_url": url}
     body = answer.json if isinstance(answer.json, dict) else {}
     version = str(body.get("version", "")) or None
     evidence: dict[str, object] = {"health_status": answer.status, "version": version}
-    if answer.status != 200:
-        return False, f"health {url} answered {answer.status}", evidence
     if app.expected_version and version != app.expected_version:
         return False, f"running version {version}, expected {app.expected_version}", evidence
     return True, f"healthy, version {version}" if version else "healthy", evidence

@@ -1,0 +1,915 @@
+"""The lab's FIX venue: a session-layer acceptor for every FIX session in the estate.
+
+One TCP listener per distinct (address, port) among ``estate.fix_sessions``; a
+connection belongs to the session whose CompIDs it logs on with (the firm's
+SenderCompID is the session's ``sender_comp_id``, the venue answers as its
+``target_comp_id``). It speaks FIX.4.2, FIX.4.4 and FIXT.1.1 and behaves like a
+QuickFIX acceptor, so that what passes here passes at a real venue:
+
+- The first message must be a Logon with the session's BeginString and CompIDs, 98=0,
+  an integer 108 >= 0 (0: no heartbeats), and on FIXT.1.1 a 1137 DefaultApplVerID;
+  from FIX.4.4 on, 553 must be the session's ``username`` (if set) and 554 the value of
+  its ``password_secret`` environment variable (if set here). Otherwise a Logout (or a
+  Reject, then a Logout) says why and the venue disconnects. A connection for a session
+  that is already logged on is dropped.
+- Every message must be well framed (8, 9, 35 first, BodyLength, CheckSum); a garbled
+  one is ignored without consuming a sequence number, as the FIX spec says.
+- SendingTime (52) more than 120 s from the venue's clock: Reject 373=10, Logout,
+  disconnect.
+- Sequence numbers live in memory per session, across connections (not across
+  restarts). 141=Y on the Logon resets both sides to 1. Too low without PossDup: Logout
+  "MsgSeqNum too low, expecting N but received M" (with 789=N on FIX.4.4 and later),
+  disconnect. Too high: a ResendRequest (7=expected, 16=0) goes out, once per gap, and
+  the message waits in a queue, as in QuickFIX, until the gap is filled; a gap fill that
+  skips past a queued message drops it. ResendRequest, Logout and SequenceReset-Reset
+  are handled whatever their MsgSeqNum.
+- TestRequest: Heartbeat echoing 112. ResendRequest: SequenceReset-GapFill (the venue
+  has sent only admin messages so far). Logout: Logout, then disconnect. Application
+  messages: BusinessMessageReject 380=3 (orders come later).
+- Timers (HeartBtInt H from the Logon): a Heartbeat after H without sending, a
+  TestRequest after 1.2 H without receiving, a disconnect after 2.4 H.
+
+Wire log: every message in and out (passwords masked) and every connection event, per
+session, in memory (``FixVenue.wire_log``) and appended to
+``OPENBELL_HOME/lab/fix/<session>.log`` as tab-separated lines
+``<UTC time>\\t<in|out|event>\\t<connection id>\\t<message with | for SOH>``, for
+certification judging. Connections that never identify themselves are logged to
+``_unidentified.log``.
+
+Faults (``lab.faults``), the ``fix_*`` ones read from the book at each logon:
+
+- ``fix_logon_rejected`` (session): Logout 58="Logon rejected: invalid username or
+  password", disconnect.
+- ``fix_seq_too_low`` (session, ``expected``, default 100): the too-low Logout with
+  789, disconnect; the venue then expects ``expected``.
+- ``latency`` (``*``, ``ms``): every answer waits ``ms`` first (read at each answer).
+
+Run it alone with ``python -m lab.fix_venue --estate runbooks/lab.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import simplefix
+
+from lab.faults import FaultBook
+from openbell.settings import get_settings
+from runbooks.schema import Estate, FixSession
+
+log = logging.getLogger(__name__)
+
+SENDING_TIME_TOLERANCE_S = 120.0
+#: A new connection must send its Logon within this.
+LOGON_WAIT_S = 10.0
+#: Silence (in HeartBtInts) before a TestRequest, and before disconnecting.
+TEST_REQUEST_AFTER = 1.2
+DISCONNECT_AFTER = 2.4
+#: How often an idle connection checks that its listener still serves.
+SERVING_CHECK_S = 1.0
+#: After our final Logout, how long to read what is still coming before closing.
+LINGER_S = 0.5
+SECRET_TAGS = frozenset({554, 925})
+LOGON_REJECTED_TEXT = "Logon rejected: invalid username or password"
+
+Clock = Callable[[], datetime]
+Direction = Literal["in", "out", "event"]
+
+
+@dataclass(frozen=True)
+class WireEntry:
+    """One line of a session's wire log."""
+
+    at: datetime
+    direction: Direction
+    connection: int
+    text: str
+
+    def line(self) -> str:
+        """The entry as written to the log file (tabs and newlines in text escaped)."""
+        stamp = self.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = self.text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        return f"{stamp}\t{self.direction}\t{self.connection}\t{text}"
+
+
+class _SessionState:
+    """The venue's side of one configured session, across connections."""
+
+    def __init__(self, name: str, config: FixSession, log_path: Path) -> None:
+        self.name = name
+        self.config = config
+        self.log_path = log_path
+        self.next_in = 1
+        self.next_out = 1
+        self.connection: int | None = None
+        self.wire: list[WireEntry] = []
+
+    def record(self, entry: WireEntry) -> None:
+        self.wire.append(entry)
+        _append_line(self.log_path, entry.line())
+
+
+class FixVenue:
+    """The lab venue: listeners, per-session state and wire logs.
+
+    Args:
+        estate: its ``fix_sessions`` are the sessions served.
+        book: the lab's faults.
+        log_dir: where wire logs go; defaults to ``OPENBELL_HOME/lab/fix``.
+        clock: the venue's idea of now (UTC); tests move it to skew SendingTime.
+
+    Example:
+        >>> venue = FixVenue(estate, FaultBook(tmp / "faults.json"))
+        >>> servers = await venue.start()
+        >>> ...
+        >>> await venue.close()
+    """
+
+    def __init__(
+        self,
+        estate: Estate,
+        book: FaultBook,
+        *,
+        log_dir: Path | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.book = book
+        self.clock: Clock = clock or (lambda: datetime.now(UTC))
+        self.log_dir = log_dir or get_settings().lab_dir / "fix"
+        self.sessions = {
+            name: _SessionState(name, cfg, self.log_dir / f"{name}.log")
+            for name, cfg in estate.fix_sessions.items()
+        }
+        self.unidentified: list[WireEntry] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self._ids = itertools.count(1)
+        self._conversations: set[_Conversation] = set()
+
+    async def start(self) -> list[asyncio.AbstractServer]:
+        """Listen on every (address, port) of the estate's FIX sessions."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        by_endpoint: dict[tuple[str, int], list[_SessionState]] = {}
+        for state in self.sessions.values():
+            key = (state.config.address, state.config.port)
+            by_endpoint.setdefault(key, []).append(state)
+        for (address, port), states in sorted(by_endpoint.items()):
+            listener = _Listener(self, states)
+            server = await asyncio.start_server(listener.accept, address, port)
+            listener.server = server
+            self.servers.append(server)
+            log.info(
+                "FIX venue listening on %s:%d for %s",
+                address,
+                port,
+                ", ".join(s.name for s in states),
+            )
+        return list(self.servers)
+
+    async def close(self) -> None:
+        """Stop listening and drop every live connection."""
+        for server in self.servers:
+            server.close()
+        tasks = [conv.abort() for conv in list(self._conversations)]
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        for server in self.servers:
+            await server.wait_closed()
+
+    def wire_log(self, session: str) -> list[WireEntry]:
+        """Everything on the wire of one session since the venue started."""
+        return list(self.sessions[session].wire)
+
+    def expected_seq(self, session: str) -> int:
+        """The MsgSeqNum the venue expects next from the firm on this session."""
+        return self.sessions[session].next_in
+
+    def record_unidentified(self, entry: WireEntry) -> None:
+        self.unidentified.append(entry)
+        _append_line(self.log_dir / "_unidentified.log", entry.line())
+
+
+async def start_fix_venue(estate: Estate, book: FaultBook) -> list[asyncio.AbstractServer]:
+    """Start the lab venue for every FIX session of the estate.
+
+    Args:
+        estate: the sessions to serve (``estate.fix_sessions``).
+        book: the lab's faults, read at each logon.
+
+    Returns:
+        One listening server per distinct (address, port). Closing them stops new
+        connections; live ones end within ``SERVING_CHECK_S``. Use ``FixVenue`` directly
+        to read wire logs in memory.
+
+    Example:
+        >>> servers = await start_fix_venue(load_estate(), FaultBook(lab_dir / "faults.json"))
+    """
+    return await FixVenue(estate, book).start()
+
+
+class _Listener:
+    """One (address, port): hands each connection to a conversation."""
+
+    def __init__(self, venue: FixVenue, sessions: list[_SessionState]) -> None:
+        self.venue = venue
+        self.sessions = sessions
+        self.server: asyncio.AbstractServer | None = None
+
+    def serving(self) -> bool:
+        return self.server is not None and self.server.is_serving()
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conv = _Conversation(self, next(self.venue._ids), reader, writer)
+        self.venue._conversations.add(conv)
+        try:
+            await conv.run()
+        finally:
+            self.venue._conversations.discard(conv)
+
+
+class _Closed(Exception):
+    """The connection is over (EOF, unparseable data, or we decided so)."""
+
+
+class _Conversation:
+    """One TCP connection: identify the session, log on, keep the session until it ends."""
+
+    def __init__(
+        self,
+        listener: _Listener,
+        conn_id: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.listener = listener
+        self.venue = listener.venue
+        self.id = conn_id
+        self.reader = reader
+        self.writer = writer
+        self.parser = simplefix.FixParser()
+        self.state: _SessionState | None = None
+        self.pending: list[WireEntry] = []
+        self.heartbeat_s = 30.0
+        self.last_in = self.last_out = 0.0
+        self.test_request_out: str | None = None
+        self.test_requests = 0
+        self.resend_until: int | None = None
+        self.queued: dict[int, Any] = {}
+        self.ending = False
+        self.said_goodbye = False
+        self.task = asyncio.current_task()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        peer = self.writer.get_extra_info("peername")
+        self._event(f"connected from {peer}")
+        try:
+            first = await self._read(LOGON_WAIT_S)
+            if first is None:
+                self._event(f"no Logon within {LOGON_WAIT_S:g} s")
+            elif await self._logon(first):
+                await self._session_loop()
+        except _Closed as exc:
+            self._event(f"closed: {exc}")
+        except ConnectionError as exc:
+            self._event(f"connection lost: {exc!r}")
+        finally:
+            if self.state is not None and self.state.connection == self.id:
+                self.state.connection = None
+            await self._hang_up()
+
+    async def _hang_up(self) -> None:
+        """Close; after our Logout, first read what is still coming (and log it).
+
+        Closing a socket with unread input sends a RST, which can destroy the Logout
+        we just sent before the counterparty reads it.
+        """
+        try:
+            if self.said_goodbye and not self.reader.at_eof():
+                with contextlib.suppress(OSError, RuntimeError):
+                    if self.writer.can_write_eof():
+                        self.writer.write_eof()
+                until = _now() + LINGER_S
+                with contextlib.suppress(_Closed, ConnectionError):
+                    while _now() < until and await self._read(until - _now()) is not None:
+                        pass
+        finally:
+            self.writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            self._flush_pending()
+
+    def abort(self) -> asyncio.Task[None] | None:
+        """Drop the connection now (venue shutdown); the task to wait for, if any."""
+        self._event("venue shutting down")
+        self.writer.close()
+        if self.task is not None:
+            self.task.cancel()
+        return self.task
+
+    # ---- logon ----------------------------------------------------------------------------
+    async def _logon(self, msg: Any) -> bool:
+        """Validate the first message as a Logon and answer it; False if refused."""
+        state = self._identify(msg)
+        if state is None:
+            await self._answer_stranger(msg)
+            return False
+        self.state = state
+        self._flush_pending()
+        if state.connection is not None:
+            self._event(f"session already logged on (connection {state.connection}): dropped")
+            return False
+        refusal = self._logon_refusal(msg)
+        if refusal is not None:
+            await self._refuse(msg, *refusal)
+            return False
+        if _get(msg, 141) == "Y":
+            state.next_in = state.next_out = 1
+            self._event("141=Y: sequence numbers reset to 1")
+        seq = _int(_get(msg, 34)) or 0
+        fault = self._logon_fault(seq)
+        if fault is not None:
+            await self._logout(fault[0], fault[1])
+            return False
+        if seq < state.next_in:
+            await self._too_low(seq)
+            return False
+        await self._accept_logon(msg, seq)
+        return True
+
+    def _identify(self, msg: Any) -> _SessionState | None:
+        theirs = (_get(msg, 49), _get(msg, 56))
+        for state in self.listener.sessions:
+            if theirs == (state.config.sender_comp_id, state.config.target_comp_id):
+                return state
+        return None
+
+    def _logon_refusal(self, msg: Any) -> tuple[str, tuple[int, int] | None] | None:
+        """Why this Logon is refused: (58 text, (373 reason, 371 tag) for a Reject first)."""
+        cfg = self._cfg()
+        if _get(msg, 35) != "A":
+            return f"First message not a logon (35={_get(msg, 35)})", None
+        if _get(msg, 8) != cfg.begin_string:
+            return f"Wrong BeginString: expected {cfg.begin_string}, got {_get(msg, 8)}", None
+        if _int(_get(msg, 34)) is None:
+            return "MsgSeqNum (34) missing or not a number", None
+        heartbeat = _int(_get(msg, 108))
+        checks: list[tuple[bool, str, tuple[int, int]]] = [
+            (_get(msg, 98) is not None, "EncryptMethod (98) missing", (1, 98)),
+            (_get(msg, 98) in (None, "0"), "EncryptMethod (98) must be 0", (5, 98)),
+            (_get(msg, 108) is not None, "HeartBtInt (108) missing", (1, 108)),
+            (
+                _get(msg, 108) is None or (heartbeat is not None and heartbeat >= 0),
+                "HeartBtInt (108) must be an integer >= 0",
+                (5, 108),
+            ),
+            (
+                cfg.begin_string != "FIXT.1.1" or _get(msg, 1137) is not None,
+                "DefaultApplVerID (1137) required on FIXT.1.1",
+                (1, 1137),
+            ),
+        ]
+        for ok, text, reject in checks:
+            if not ok:
+                return text, reject
+        time_problem = self._sending_time_problem(msg)
+        if time_problem is not None:
+            return time_problem
+        if not self._credentials_ok(msg):
+            return LOGON_REJECTED_TEXT, None
+        return None
+
+    def _credentials_ok(self, msg: Any) -> bool:
+        """553 must match the configured username; 554 the secret, when it is set here."""
+        cfg = self._cfg()
+        if cfg.begin_string == "FIX.4.2":
+            return True
+        if cfg.username and _get(msg, 553) != cfg.username:
+            return False
+        password = os.environ.get(cfg.password_secret) if cfg.password_secret else None
+        return password is None or _get(msg, 554) == password
+
+    def _logon_fault(self, seq: int) -> tuple[str, list[tuple[int, str]]] | None:
+        """A fault from the book that answers this Logon: (58 text, extra fields)."""
+        state = self._state()
+        book = self.venue.book
+        if book.get("fix_logon_rejected", state.name):
+            self._event("fault fix_logon_rejected")
+            return LOGON_REJECTED_TEXT, []
+        fault = book.get("fix_seq_too_low", state.name)
+        if fault is None:
+            return None
+        expected = int(fault.params.get("expected", 100))
+        self._event(f"fault fix_seq_too_low expected={expected}")
+        state.next_in = expected
+        return _too_low_text(expected, seq), self._next_expected_field(expected)
+
+    async def _accept_logon(self, msg: Any, seq: int) -> None:
+        state = self._state()
+        self.heartbeat_s = float(_int(_get(msg, 108)) or 0)
+        state.connection = self.id
+        gap = seq > state.next_in
+        if not gap:
+            state.next_in = seq + 1
+        body: list[tuple[int, str | None]] = [(98, "0"), (108, _get(msg, 108))]
+        if _get(msg, 141) == "Y":
+            body.append((141, "Y"))
+        if self._cfg().begin_string == "FIXT.1.1":
+            body.append((1137, _get(msg, 1137)))
+        await self._send("A", body)
+        self._event(f"logged on, HeartBtInt {self.heartbeat_s:g} s")
+        if gap:
+            await self._request_resend(seq)
+
+    async def _answer_stranger(self, msg: Any) -> None:
+        """Logout to a connection whose CompIDs match no session here, then drop it."""
+        text = f"Unknown session: 49={_get(msg, 49)} 56={_get(msg, 56)}"
+        begin = _get(msg, 8) or "FIX.4.4"
+        out = _build(
+            begin,
+            _get(msg, 56) or "?",
+            _get(msg, 49) or "?",
+            "5",
+            1,
+            self.venue.clock(),
+            [(58, text)],
+        ).encode()
+        self._record("out", out)
+        self.writer.write(out)
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+        self.said_goodbye = True
+        self._event(text)
+
+    # ---- the session ----------------------------------------------------------------------
+    async def _session_loop(self) -> None:
+        while True:
+            msg = await self._read(self._until_next_timer())
+            if msg is not None and not await self._handle(msg):
+                return
+            # A busy peer must not starve the timers (our heartbeats).
+            due = msg is None or self._until_next_timer() <= 0
+            if due and not await self._on_timers():
+                return
+
+    def _until_next_timer(self) -> float:
+        now = _now()
+        h = self.heartbeat_s
+        due = [now + SERVING_CHECK_S]
+        if h > 0:
+            due += [self.last_out + h, self.last_in + DISCONNECT_AFTER * h]
+            if self.test_request_out is None:
+                due.append(self.last_in + TEST_REQUEST_AFTER * h)
+        return max(min(due) - now, 0.0)
+
+    async def _on_timers(self) -> bool:
+        """Heartbeat, TestRequest or disconnect as the clocks say; False to disconnect."""
+        if not self.listener.serving():
+            self._event("listener closed: disconnecting")
+            return False
+        now, h = _now(), self.heartbeat_s
+        if h <= 0:
+            return True  # 108=0: no heartbeats on this session
+        if now - self.last_in >= DISCONNECT_AFTER * h:
+            self._event(f"no message for {DISCONNECT_AFTER:g}x HeartBtInt: disconnecting")
+            return False
+        if self.test_request_out is None and now - self.last_in >= TEST_REQUEST_AFTER * h:
+            self.test_requests += 1
+            self.test_request_out = f"LABVENUE-{self.id}-{self.test_requests}"
+            await self._send("1", [(112, self.test_request_out)], answer=False)
+        if now - self.last_out >= h:
+            await self._send("0", answer=False)
+        return True
+
+    async def _handle(self, msg: Any) -> bool:
+        """One message on a logged-on session; False to disconnect.
+
+        As in QuickFIX: ResendRequest, Logout and SequenceReset-Reset are handled whatever
+        their MsgSeqNum; other messages too low end the session (unless PossDup), too high
+        are queued behind a ResendRequest until the gap is filled or resent.
+        """
+        header_problem = self._header_problem(msg)
+        if header_problem is not None:
+            await self._logout(header_problem)
+            return False
+        time_problem = self._sending_time_problem(msg)
+        if time_problem is not None:
+            await self._refuse(msg, *time_problem)
+            return False
+        kind = _get(msg, 35)
+        seq = _int(_get(msg, 34)) or 0
+        state = self._state()
+        if kind in ("2", "5") or (kind == "4" and _get(msg, 123) != "Y"):
+            return await self._unsequenced(kind, msg, seq)
+        if seq < state.next_in:
+            if _get(msg, 43) == "Y":
+                self._event(f"duplicate 34={seq} (PossDup) ignored")
+                return True
+            await self._too_low(seq)
+            return False
+        if seq > state.next_in:
+            self.queued[seq] = msg
+            await self._request_resend(seq)
+            return True
+        return await self._in_sequence(kind, msg, seq) and await self._drain_queue()
+
+    async def _unsequenced(self, kind: str | None, msg: Any, seq: int) -> bool:
+        state = self._state()
+        if kind == "4":
+            return await self._sequence_reset(msg, seq) and await self._drain_queue()
+        if seq == state.next_in:
+            state.next_in += 1
+        return await self._dispatch(kind, msg) and await self._drain_queue()
+
+    async def _in_sequence(self, kind: str | None, msg: Any, seq: int) -> bool:
+        """Handle a message whose MsgSeqNum is the expected one."""
+        state = self._state()
+        state.next_in = seq + 1
+        if kind == "4":
+            await self._sequence_reset(msg, seq)
+        else:
+            await self._dispatch_checked(kind, msg)
+        if self.resend_until is not None and state.next_in > self.resend_until:
+            self.resend_until = None
+        return not self.ending
+
+    async def _drain_queue(self) -> bool:
+        """Handle queued messages now in sequence; drop those a gap fill skipped past."""
+        state = self._state()
+        while not self.ending and (msg := self.queued.pop(state.next_in, None)) is not None:
+            await self._in_sequence(_get(msg, 35), msg, state.next_in)
+        for seq in sorted(s for s in self.queued if s < state.next_in):
+            del self.queued[seq]
+            self._event(f"queued 34={seq} dropped: the gap was filled past it")
+        return not self.ending
+
+    async def _dispatch_checked(self, kind: str | None, msg: Any) -> None:
+        if not await self._dispatch(kind, msg):
+            self.ending = True
+
+    async def _dispatch(self, kind: str | None, msg: Any) -> bool:
+        if kind == "0":
+            pass  # any message answers our TestRequest (see _read)
+        elif kind == "1":
+            await self._send("0", [(112, _get(msg, 112))])
+        elif kind == "2":
+            await self._gap_fill(msg)
+        elif kind == "3":
+            self._event(f"session Reject received: 58={_get(msg, 58)!r}")
+        elif kind == "5":
+            await self._send("5")
+            self._event("logged out at the counterparty's request")
+            return False
+        elif kind == "A":
+            self._event("Logon while already logged on: ignored")
+        else:
+            await self._send(
+                "j",
+                [
+                    (45, _get(msg, 34)),
+                    (372, kind),
+                    (380, "3"),
+                    (
+                        58,
+                        f"Unsupported message type {kind} (the lab venue speaks the session layer)",
+                    ),
+                ],
+            )
+        return True
+
+    async def _sequence_reset(self, msg: Any, seq: int) -> bool:
+        """SequenceReset (gap fill in sequence, or reset anywhere): move next_in on."""
+        state = self._state()
+        new_seq = _int(_get(msg, 36))
+        if new_seq is None or new_seq < state.next_in:
+            await self._send(
+                "3",
+                [
+                    (45, str(seq)),
+                    (371, "36"),
+                    (372, "4"),
+                    (373, "5"),
+                    (58, f"NewSeqNo {new_seq} is below the expected {state.next_in}"),
+                ],
+            )
+            return True
+        state.next_in = new_seq
+        if self.resend_until is not None and new_seq > self.resend_until:
+            self.resend_until = None
+        self._event(f"SequenceReset: next expected 34={new_seq}")
+        return True
+
+    async def _gap_fill(self, msg: Any) -> None:
+        """Answer a ResendRequest: all we have sent are admin messages, so gap-fill."""
+        state = self._state()
+        begin = _int(_get(msg, 7)) or 1
+        if begin >= state.next_out:
+            self._event(f"ResendRequest from 7={begin}: nothing sent there yet")
+            return
+        await self._send("4", [(123, "Y"), (36, str(state.next_out))], seq=begin, poss_dup=True)
+
+    async def _request_resend(self, seen: int) -> None:
+        """Ask for the gap once; later too-high messages wait for the same resend."""
+        if self.resend_until is not None:
+            return
+        self.resend_until = seen
+        await self._send("2", [(7, str(self._state().next_in)), (16, "0")])
+
+    # ---- refusals -------------------------------------------------------------------------
+    async def _too_low(self, seq: int) -> None:
+        expected = self._state().next_in
+        await self._logout(_too_low_text(expected, seq), self._next_expected_field(expected))
+
+    async def _refuse(self, msg: Any, text: str, reject: tuple[int, int] | None) -> None:
+        """Reject (when a reason is given) then Logout, both with ``text``."""
+        if reject is not None:
+            reason, tag = reject
+            await self._send(
+                "3",
+                [
+                    (45, _get(msg, 34)),
+                    (371, str(tag)),
+                    (372, _get(msg, 35)),
+                    (373, str(reason)),
+                    (58, text),
+                ],
+            )
+        await self._logout(text)
+
+    async def _logout(self, text: str, extra: Iterable[tuple[int, str]] = ()) -> None:
+        await self._send("5", [(58, text), *extra])
+        self.said_goodbye = True
+        self._event(f"disconnecting: {text}")
+
+    def _next_expected_field(self, expected: int) -> list[tuple[int, str]]:
+        """789 NextExpectedMsgSeqNum exists from FIX.4.4 on."""
+        return [] if self._cfg().begin_string == "FIX.4.2" else [(789, str(expected))]
+
+    def _header_problem(self, msg: Any) -> str | None:
+        cfg = self._cfg()
+        if _get(msg, 8) != cfg.begin_string:
+            return f"Wrong BeginString: expected {cfg.begin_string}, got {_get(msg, 8)}"
+        if (_get(msg, 49), _get(msg, 56)) != (cfg.sender_comp_id, cfg.target_comp_id):
+            return f"CompID problem: 49={_get(msg, 49)} 56={_get(msg, 56)}"
+        if _int(_get(msg, 34)) is None:
+            return "MsgSeqNum (34) missing or not a number"
+        return None
+
+    def _sending_time_problem(self, msg: Any) -> tuple[str, tuple[int, int]] | None:
+        sent = _parse_utc(_get(msg, 52))
+        if sent is None:
+            return f"SendingTime (52) missing or malformed: {_get(msg, 52)!r}", (1, 52)
+        skew = abs((self.venue.clock() - sent).total_seconds())
+        if skew > SENDING_TIME_TOLERANCE_S:
+            return f"SendingTime accuracy problem: {skew:.0f} s off", (10, 52)
+        return None
+
+    # ---- wire -----------------------------------------------------------------------------
+    async def _read(self, timeout: float) -> Any:
+        """The next well-framed message, or None after ``timeout``; raises _Closed."""
+        deadline = _now() + timeout
+        while True:
+            msg = self._parse_one()
+            if msg is not None:
+                self.last_in = _now()
+                self.test_request_out = None
+                return msg
+            remaining = deadline - _now()
+            if remaining <= 0:
+                return None
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise _Closed("the counterparty closed the connection")
+            self.parser.append_buffer(chunk)
+
+    def _parse_one(self) -> Any:
+        while True:
+            try:
+                msg = self.parser.get_message()
+            except simplefix.errors.ParsingError as exc:
+                raise _Closed(f"unparseable data: {exc!r}") from None
+            if msg is None:
+                return None
+            problem = _frame_problem(msg)
+            self._record("in", msg, f"garbled, ignored: {problem}" if problem else "")
+            if problem is None:
+                return msg
+
+    async def _send(
+        self,
+        msg_type: str,
+        body: Iterable[tuple[int, str | None]] = (),
+        *,
+        seq: int | None = None,
+        poss_dup: bool = False,
+        answer: bool = True,
+    ) -> None:
+        """Send one message; answers wait for the ``latency`` fault first."""
+        state = self._state()
+        if answer:
+            delay = self.venue.book.latency_s()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if seq is None:
+            seq, state.next_out = state.next_out, state.next_out + 1
+        cfg = state.config
+        data = _build(
+            cfg.begin_string,
+            cfg.target_comp_id,
+            cfg.sender_comp_id,
+            msg_type,
+            seq,
+            self.venue.clock(),
+            body,
+            poss_dup=poss_dup,
+        ).encode()
+        self._record("out", data)
+        self.writer.write(data)
+        await self.writer.drain()
+        self.last_out = _now()
+
+    # ---- wire log -------------------------------------------------------------------------
+    def _record(self, direction: Direction, msg: Any, note: str = "") -> None:
+        """Log a parsed message, or the exact bytes sent."""
+        text = _wire_text(msg if isinstance(msg, bytes) else msg.encode(raw=True))
+        self._log(direction, f"({note}) {text}" if note else text)
+
+    def _event(self, text: str) -> None:
+        log.debug("FIX venue connection %d: %s", self.id, text)
+        self._log("event", text)
+
+    def _log(self, direction: Direction, text: str) -> None:
+        entry = WireEntry(datetime.now(UTC), direction, self.id, text)
+        if self.state is None:
+            self.pending.append(entry)
+        else:
+            self.state.record(entry)
+
+    def _flush_pending(self) -> None:
+        """Entries from before the session was known go to its log, or to the strangers'."""
+        pending, self.pending = self.pending, []
+        for entry in pending:
+            if self.state is not None:
+                self.state.record(entry)
+            else:
+                self.venue.record_unidentified(entry)
+
+    def _state(self) -> _SessionState:
+        assert self.state is not None, "no session identified yet"
+        return self.state
+
+    def _cfg(self) -> FixSession:
+        return self._state().config
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _build(
+    begin_string: str,
+    sender: str,
+    target: str,
+    msg_type: str,
+    seq: int,
+    now: datetime,
+    body: Iterable[tuple[int, str | None]],
+    *,
+    poss_dup: bool = False,
+) -> Any:
+    msg = simplefix.FixMessage()
+    msg.append_pair(8, begin_string)
+    msg.append_pair(35, msg_type)
+    msg.append_pair(49, sender)
+    msg.append_pair(56, target)
+    msg.append_pair(34, seq)
+    if poss_dup:
+        msg.append_pair(43, "Y")
+    msg.append_utc_timestamp(52, now.astimezone(UTC), precision=3)
+    if poss_dup:
+        msg.append_utc_timestamp(122, now.astimezone(UTC), precision=3)
+    for tag, value in body:
+        msg.append_pair(tag, value)
+    return msg
+
+
+def _frame_problem(msg: Any) -> str | None:
+    """Framing errors of a parsed message: field order, BodyLength, CheckSum."""
+    pairs = msg.pairs
+    if len(pairs) < 4 or [int(t) for t, _ in pairs[:3]] != [8, 9, 35] or int(pairs[-1][0]) != 10:
+        return "8, 9, 35 must be the first fields and 10 the last"
+    raw = msg.encode(raw=True)
+    trailer = 4 + len(pairs[-1][1])  # "10=" + value + SOH
+    header = 6 + len(pairs[0][1]) + len(pairs[1][1])  # "8=" v SOH "9=" v SOH
+    length, checksum = len(raw) - header - trailer, sum(raw[:-trailer]) % 256
+    if pairs[1][1] != str(length).encode():
+        return f"BodyLength 9={pairs[1][1].decode(errors='replace')}, counted {length}"
+    if pairs[-1][1] != f"{checksum:03d}".encode():
+        return f"CheckSum 10={pairs[-1][1].decode(errors='replace')}, computed {checksum:03d}"
+    return None
+
+
+def _wire_text(data: bytes) -> str:
+    """Wire bytes with | for SOH and passwords masked."""
+    fields = []
+    for field in data.rstrip(b"\x01").split(b"\x01"):
+        tag, _, value = field.partition(b"=")
+        secret = tag.isdigit() and int(tag) in SECRET_TAGS
+        shown = "***" if secret else value.decode("utf-8", "replace")
+        fields.append(f"{tag.decode('utf-8', 'replace')}={shown}")
+    return "|".join(fields)
+
+
+def _too_low_text(expected: int, received: int) -> str:
+    return f"MsgSeqNum too low, expecting {expected} but received {received}"
+
+
+def _parse_utc(value: str | None) -> datetime | None:
+    """A UTCTimestamp (seconds, ms, µs or ns precision) as an aware datetime."""
+    if not value:
+        return None
+    whole, _, fraction = value.partition(".")
+    try:
+        moment = datetime.strptime(whole, "%Y%m%d-%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    if fraction and not fraction.isdigit():
+        return None
+    micros = int((fraction + "000000")[:6]) if fraction else 0
+    return moment.replace(microsecond=micros)
+
+
+def _get(msg: Any, tag: int) -> str | None:
+    value = msg.get(tag)
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _append_line(path: Path, line: str) -> None:
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    except OSError as exc:
+        log.warning("FIX venue: cannot append to %s: %s", path, exc)
+
+
+# ---- standalone --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the venue alone until interrupted: ``python -m lab.fix_venue --estate PATH``."""
+    from runbooks.loader import load_estate
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.fix_venue", description="The lab's FIX venue (session layer)."
+    )
+    parser.add_argument(
+        "--estate", type=Path, default=None, help="estate YAML (default: OPENBELL_ESTATE)"
+    )
+    parser.add_argument(
+        "--faults",
+        type=Path,
+        default=None,
+        help="fault book (default: OPENBELL_HOME/lab/faults.json)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    estate = load_estate(args.estate)
+    book = FaultBook(args.faults or get_settings().lab_dir / "faults.json")
+
+    async def serve() -> None:
+        venue = FixVenue(estate, book)
+        await venue.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await venue.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
