@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any, cast
 
 from pydantic import SecretStr
 
@@ -79,7 +80,7 @@ def _from_prefect(name: str) -> str | None:
     try:
         from prefect.blocks.system import Secret
 
-        block = Secret.load(_block_name(name), _sync=True)  # type: ignore[call-arg]
+        block = cast(Secret[Any], Secret.load(_block_name(name), _sync=True))  # type: ignore[call-arg]
     except Exception as exc:  # no server, no block: not this source
         log.debug("no Prefect secret block for %s: %s", name, type(exc).__name__)
         return None

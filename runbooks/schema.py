@@ -306,15 +306,14 @@ class Estate(Model):
                     "group", r.approver_group, list(self.groups),
                     key_path=f"regions.{name}.approver_group",
                 )
-        for kind, items in (
+        located: list[tuple[str, dict[str, Host] | dict[str, FixSession] | dict[str, Feed] | dict[str, Database]]] = [
             ("hosts", self.hosts), ("fix_sessions", self.fix_sessions),
             ("feeds", self.feeds), ("databases", self.databases),
-        ):
+        ]
+        for kind, items in located:
             for name, item in items.items():
-                if item.region not in self.regions:  # type: ignore[attr-defined]
-                    raise UnknownNameError(
-                        "region", item.region, regions, key_path=f"{kind}.{name}.region"  # type: ignore[attr-defined]
-                    )
+                if item.region not in self.regions:
+                    raise UnknownNameError("region", item.region, regions, key_path=f"{kind}.{name}.region")
         for name, app in self.apps.items():
             for i, h in enumerate(app.hosts):
                 if h not in self.hosts:
