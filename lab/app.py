@@ -1,0 +1,151 @@
+"""A simulated trading application: a process that serves ``GET /health``.
+
+Started detached by ``appctl start`` as ``python -m lab.app --root ROOT --app NAME``;
+reads its manifest (``ROOT/etc/apps/NAME.json``), binds the port of its health URL and
+answers::
+
+    {"app": "emea-oms", "status": "ok", "version": "5.0.3",
+     "started_at": "2026-11-26T07:00:01Z", "pid": 4242, "host": "emea-app1"}
+
+Faults (read per request): ``wrong_version`` (params ``version``) makes it report that
+version; ``latency`` (params ``ms``) delays every answer. SIGTERM stops it cleanly and
+removes its pid file if the file still names this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from lab.faults import FaultBook
+
+log = logging.getLogger("lab.app")
+
+
+class AppState:
+    """What the app knows about itself, and where its faults come from."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.name: str = manifest["app"]
+        self.book = FaultBook(root.parents[1] / "faults.json")
+        self.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def version(self) -> str:
+        fault = self.book.get("wrong_version", self.name)
+        if fault and fault.params.get("version"):
+            return str(fault.params["version"])
+        return str(self.manifest["version"])
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "app": self.name,
+            "status": "ok",
+            "version": self.version(),
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            "host": self.manifest.get("host"),
+        }
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    """``GET /health`` (or the manifest's health path) → 200 JSON; anything else 404."""
+
+    server_version = "lab-app/1"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        state: AppState = self.server.state  # type: ignore[attr-defined]
+        delay = state.book.latency_s()
+        if delay:
+            time.sleep(delay)
+        path = self.path.split("?", 1)[0]
+        if path in ("/health", state.manifest.get("health_path")):
+            self._json(200, state.health())
+        else:
+            self._json(404, {"error": "not found", "path": path})
+
+    def _json(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+
+def serve(root: Path, name: str) -> int:
+    """Run the app until SIGTERM; the exit status."""
+    manifest = json.loads((root / "etc" / "apps" / f"{name}.json").read_text())
+    state = AppState(root, manifest)
+    pidfile = root / manifest["pidfile"]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server: ThreadingHTTPServer | None = None
+    if manifest.get("port"):
+        address = (manifest["address"], int(manifest["port"]))
+        try:
+            server = ThreadingHTTPServer(address, HealthHandler)
+        except OSError as exc:
+            print(
+                f"{name}: cannot bind {address[0]}:{address[1]}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+        server.daemon_threads = True
+        server.state = state  # type: ignore[attr-defined]
+        serve_forever = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        serve_forever.start()
+    log.info(
+        "%s %s started (pid %d) on %s:%s",
+        name,
+        state.version(),
+        os.getpid(),
+        manifest["address"],
+        manifest.get("port"),
+    )
+    stop.wait()
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    _remove_own_pidfile(pidfile)
+    log.info("%s stopped", name)
+    return 0
+
+
+def _remove_own_pidfile(pidfile: Path) -> None:
+    try:
+        if pidfile.read_text().split()[0] == str(os.getpid()):
+            pidfile.unlink()
+    except (OSError, IndexError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lab.app", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, type=Path, help="the host root")
+    parser.add_argument("--app", required=True, help="the app name (its manifest)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    return serve(args.root.resolve(), args.app)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
