@@ -13,24 +13,27 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from datetime import date  # noqa: E402
-from pathlib import Path  # noqa: E402
-import functools  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar  # noqa: E402
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+import typer
+from rich.console import Console
 
-from openbell.errors import OpenbellError  # noqa: E402
-from openbell.secrets import redact  # noqa: E402
-from openbell.settings import get_settings  # noqa: E402
+from openbell.errors import OpenbellError
+from openbell.secrets import redact
+from openbell.settings import get_settings
 
-app = typer.Typer(help="openbell: trading-desk runbooks as Prefect flows.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="openbell: trading-desk runbooks as Prefect flows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 lab_app = typer.Typer(help="The simulated trading estate.", no_args_is_help=True)
 fault_app = typer.Typer(help="Inject faults into the running lab.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
@@ -45,8 +48,12 @@ err = Console(stderr=True)
 RUNBOOKS = {"sod": "start of day"}
 
 Region = Annotated[str, typer.Option("--region", "-r", help="region name, e.g. emea")]
-DateOpt = Annotated[str | None, typer.Option("--date", "-d", help="trade date YYYY-MM-DD (default: today)")]
-EstateOpt = Annotated[Path | None, typer.Option("--estate", help="estate YAML (default OPENBELL_ESTATE)")]
+DateOpt = Annotated[
+    str | None, typer.Option("--date", "-d", help="trade date YYYY-MM-DD (default: today)")
+]
+EstateOpt = Annotated[
+    Path | None, typer.Option("--estate", help="estate YAML (default OPENBELL_ESTATE)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
@@ -55,7 +62,9 @@ class CliError(OpenbellError):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True, markup=True)
+    err.print(
+        f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True, markup=True
+    )
     raise typer.Exit(code)
 
 
@@ -76,7 +85,9 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def command(target: typer.Typer, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def command(
+    target: typer.Typer, name: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``@target.command`` with friendly errors."""
 
     def deco(fn: Callable[P, R]) -> Callable[P, R]:
@@ -92,7 +103,9 @@ def parse_date(text: str | None) -> date | None:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise CliError(f"--date {text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-24") from None
+        raise CliError(
+            f"--date {text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-24"
+        ) from None
 
 
 def check_runbook(runbook: str) -> str:
@@ -110,7 +123,8 @@ def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = 
     estate = load_estate(path)
     out.print(
         f"[green]ok[/] {estate.source}: {len(estate.regions)} regions, {len(estate.hosts)} hosts, "
-        f"{len(estate.apps)} apps, {len(estate.fix_sessions)} FIX sessions, {len(estate.feeds)} feeds, "
+        f"{len(estate.apps)} apps, {len(estate.fix_sessions)} FIX sessions, "
+        f"{len(estate.feeds)} feeds, "
         f"{len(estate.databases)} databases"
     )
 
@@ -133,7 +147,9 @@ def plan(
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
-    the_plan = build_sod_plan(estate, region.lower(), trade_date or today_in(estate, region.lower()))
+    the_plan = build_sod_plan(
+        estate, region.lower(), trade_date or today_in(estate, region.lower())
+    )
     if as_json:
         out.print_json(the_plan.model_dump_json())
     else:
@@ -146,7 +162,9 @@ def run(
     region: Region,
     day: DateOpt = None,
     estate_path: EstateOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="plan and record, touch nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="plan and record, touch nothing")
+    ] = False,
     as_json: JsonOpt = False,
     operator: Annotated[str | None, typer.Option("--as", help="operator name")] = None,
 ) -> None:
@@ -156,7 +174,12 @@ def run(
     check_runbook(runbook)
     trade_date = parse_date(day)
     record = runner.run_runbook(
-        runbook, region, trade_date, estate=estate_path, dry_run=dry_run, operator=operator,
+        runbook,
+        region,
+        trade_date,
+        estate=estate_path,
+        dry_run=dry_run,
+        operator=operator,
         console=None if as_json else out,
     )
     if as_json:
@@ -203,7 +226,8 @@ def lab_status(as_json: JsonOpt = False) -> None:
 
 @command(fault_app, "add")
 def fault_add(
-    kind: str, target: str,
+    kind: str,
+    target: str,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
 ) -> None:
     """Inject a fault, e.g. `openbell lab fault add slow_host emea-app1 -p seconds=20`."""
@@ -268,8 +292,12 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("OPENBELL_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {redact(f'{type(exc).__name__}: {exc}')} "
-                  "(set OPENBELL_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] {redact(f'{type(exc).__name__}: {exc}')} "
+            "(set OPENBELL_DEBUG=1 for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)
 
 

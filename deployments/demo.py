@@ -38,7 +38,9 @@ def main() -> int:
     settings = get_settings()
     estate = load_estate(settings.estate)
     console.print(Rule("openbell demo"))
-    console.print(f"estate {estate.source}: regions {', '.join(estate.regions)}; home {settings.home}")
+    console.print(
+        f"estate {estate.source}: regions {', '.join(estate.regions)}; home {settings.home}"
+    )
     status = supervisor.up(settings.estate)
     console.print(f"lab up: {len(status.endpoints)} endpoints (`openbell lab status` lists them)")
     api = ensure_server(settings)

@@ -12,8 +12,14 @@ from rich.text import Text
 from flows.plan import Plan
 from openbell.run import RunRecord, StepResult
 
-STYLE = {"ok": "green", "changed": "blue", "skipped": "dim", "failed": "bold red", "unknown": "yellow",
-         "running": "cyan"}
+STYLE = {
+    "ok": "green",
+    "changed": "blue",
+    "skipped": "dim",
+    "failed": "bold red",
+    "unknown": "yellow",
+    "running": "cyan",
+}
 
 
 def status_text(status: str) -> Text:
@@ -25,7 +31,9 @@ def plan_renderable(plan: Plan) -> Group:
     head = Text(f"Plan: {plan.runbook} {plan.region.upper()} {plan.trade_date}", style="bold")
     parts: list[Any] = [head]
     if not plan.runs:
-        parts.append(Text(f"{plan.skip_reason}: {_runbook_name(plan.runbook)} skipped", style="yellow"))
+        parts.append(
+            Text(f"{plan.skip_reason}: {_runbook_name(plan.runbook)} skipped", style="yellow")
+        )
     for i, step in enumerate(plan.steps, 1):
         after = f" (after {', '.join(step.after)})" if step.after else ""
         parts.append(Text(f"\n{i}. {step.title}{after}", style="bold cyan"))
@@ -33,7 +41,9 @@ def plan_renderable(plan: Plan) -> Group:
             parts.append(Text(f"   {step.note}"))
         for a in step.actions:
             parts.append(Text(f"   - {a.target}: {a.action}"))
-    parts.append(Text(f"\n{len(plan.steps)} steps, {plan.command_count()} actions; nothing was touched."))
+    parts.append(
+        Text(f"\n{len(plan.steps)} steps, {plan.command_count()} actions; nothing was touched.")
+    )
     return Group(*parts)
 
 

@@ -56,7 +56,8 @@ def ensure_server(settings: Settings | None = None, *, wait_s: float = 90.0) -> 
     if configured:
         if not healthy(configured):
             raise PrefectServerError(
-                f"PREFECT_API_URL={configured} does not answer /health; start that server or unset it"
+                f"PREFECT_API_URL={configured} does not answer /health; "
+                "start that server or unset it"
             )
         return configured
     url = local_url(settings)
@@ -69,7 +70,9 @@ def ensure_server(settings: Settings | None = None, *, wait_s: float = 90.0) -> 
             log.info("Prefect server healthy at %s", url)
             return url
         time.sleep(0.5)
-    raise PrefectServerError(f"Prefect server at {url} not healthy after {wait_s:.0f} s:\n{_log_tail(settings)}")
+    raise PrefectServerError(
+        f"Prefect server at {url} not healthy after {wait_s:.0f} s:\n{_log_tail(settings)}"
+    )
 
 
 def start_server(settings: Settings) -> int:
@@ -77,7 +80,15 @@ def start_server(settings: Settings) -> int:
     home = server_dir(settings)
     home.mkdir(parents=True, exist_ok=True)
     prefect = Path(sys.executable).with_name("prefect")
-    argv = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
+    argv = [
+        str(prefect),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.prefect_port),
+    ]
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -87,8 +98,13 @@ def start_server(settings: Settings) -> int:
     env.pop("PREFECT_API_URL", None)
     with (home / "server.log").open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=home, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=home,
+            start_new_session=True,
         )
     (home / "server.pid").write_text(str(proc.pid))
     log.info("started Prefect server pid %s on port %s", proc.pid, settings.prefect_port)

@@ -21,6 +21,21 @@ class RunFailedError(OpenbellError):
     """The flow crashed before it could record its own outcome."""
 
 
+_loop: asyncio.Runner | None = None
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine on one event loop kept for the life of the process.
+
+    Prefect caches its API clients per event loop; a fresh loop per run (asyncio.run)
+    would strand their open connections each time.
+    """
+    global _loop
+    if _loop is None:
+        _loop = asyncio.Runner()
+    return _loop.run(coro)
+
+
 def run_runbook(
     runbook: str,
     region: str,
@@ -45,8 +60,13 @@ def run_runbook(
 
     loaded = load_estate(estate)
     loaded.region(region)
-    params = RunParams(region=region.lower(), trade_date=trade_date, dry_run=dry_run,
-                       estate=str(loaded.source), operator=operator)
+    params = RunParams(
+        region=region.lower(),
+        trade_date=trade_date,
+        dry_run=dry_run,
+        estate=str(loaded.source),
+        operator=operator,
+    )
     flows = {"sod": start_of_day}
     api_url = ensure_server()
     progress: Any = None
@@ -59,9 +79,9 @@ def run_runbook(
         try:
             if progress:
                 with progress:
-                    state = asyncio.run(flows[runbook](params, return_state=True))
+                    state = _run(flows[runbook](params, return_state=True))
             else:
-                state = asyncio.run(flows[runbook](params, return_state=True))
+                state = _run(flows[runbook](params, return_state=True))
         finally:
             common.progress_listener = None
     result = state.result(raise_on_failure=False)

@@ -71,7 +71,7 @@ def _resolve_date(estate: Estate, params: RunParams) -> date:
 
 
 @task(name="calendar_gate", cache_policy=NO_CACHE)
-def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunRecord]:
+async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunRecord]:
     """Load the estate, decide the calendar gate, and build the run's resources."""
     from flows.plan import calendar_facts
 
@@ -84,22 +84,35 @@ def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunRecord]:
     runs, reason, facts = calendar_facts(estate, region, day)
     prev = facts.get("previous_session")
     ctx = RunContext(
-        estate=estate, region=region, trade_date=day,
+        estate=estate,
+        region=region,
+        trade_date=day,
         prev_trade_date=date.fromisoformat(prev) if prev else None,
-        ssh=ssh.SshPool(estate), http=http.HttpClient(), notifier=notify.get_notifier(settings),
+        ssh=ssh.SshPool(estate),
+        http=http.HttpClient,
+        notifier=notify.get_notifier(settings),
         operator=params.operator or settings.operator or getpass.getuser(),
         progress=progress_listener,
     )
     run_id = str(flow_run.id or uuid.uuid4())
     record = RunRecord(
-        run_id=run_id, runbook=runbook, region=region, trade_date=day, dry_run=params.dry_run,
-        operator=ctx.operator, calendar=facts, skipped_reason=reason, estate_source=estate.source,
+        run_id=run_id,
+        runbook=runbook,
+        region=region,
+        trade_date=day,
+        dry_run=params.dry_run,
+        operator=ctx.operator,
+        calendar=facts,
+        skipped_reason=reason,
+        estate_source=estate.source,
         flow_run_id=flow_run.id,
     )
     if reason:
         logger.info("%s %s %s skipped: %s", runbook, region, day, reason)
     else:
-        logger.info("%s %s %s: %s", runbook, region, day, "dry run" if params.dry_run else "running")
+        logger.info(
+            "%s %s %s: %s", runbook, region, day, "dry run" if params.dry_run else "running"
+        )
     del runs
     return ctx, record
 

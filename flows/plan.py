@@ -56,7 +56,9 @@ def ssh_action(estate: Estate, host: str, argv: list[str]) -> str:
     return f"ssh {h.user}@{host} ({h.address}:{h.port}) $ {shlex.join(argv)}"
 
 
-def calendar_facts(estate: Estate, region: str, day: date) -> tuple[bool, str | None, dict[str, Any]]:
+def calendar_facts(
+    estate: Estate, region: str, day: date
+) -> tuple[bool, str | None, dict[str, Any]]:
     """(is a session, skip reason, facts) for the region's primary calendar and venues."""
     reg = estate.region(region)
     rd = calendar.region_day(reg, day)
@@ -89,26 +91,59 @@ def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
     """
     estate.region(region)  # unknown region: the error lists the valid ones
     runs, reason, facts = calendar_facts(estate, region, day)
-    plan = Plan(runbook="sod", region=region, trade_date=day, runs=runs, skip_reason=reason, calendar=facts)
-    gate = PlannedStep(name="calendar", title="Calendar gate",
-                       note=reason or _session_note(facts))
+    plan = Plan(
+        runbook="sod", region=region, trade_date=day, runs=runs, skip_reason=reason, calendar=facts
+    )
+    gate = PlannedStep(name="calendar", title="Calendar gate", note=reason or _session_note(facts))
     plan.steps.append(gate)
     if not runs:
         return plan
     hosts = sorted(estate.hosts_in(region).items())
     cutoff = rotation_cutoff(estate.region(region).timezone, day)
     plan.steps += [
-        PlannedStep(name="disk", title="Disk use under threshold", after=["calendar"], actions=[
-            PlannedAction(target=f"{n}:{p}", action=ssh_action(estate, n, disk_argv(p)))
-            for n, h in hosts for p in h.disk_paths]),
-        PlannedStep(name="clock", title="Clock sync (RTS 25)", after=["calendar"], actions=[
-            PlannedAction(target=n, action=ssh_action(estate, n, h.clock_command)) for n, h in hosts]),
-        PlannedStep(name="fix_store", title="FIX store writable", after=["calendar"], actions=[
-            PlannedAction(target=n, action=ssh_action(estate, n, fix_store_argv(h.fix_store_dir or "")))
-            for n, h in hosts if h.fix_store_dir]),
-        PlannedStep(name="logs", title="Yesterday's logs rotated", after=["calendar"], actions=[
-            PlannedAction(target=n, action=ssh_action(estate, n, logs_argv(h.log_dir or "", cutoff)))
-            for n, h in hosts if h.log_dir]),
+        PlannedStep(
+            name="disk",
+            title="Disk use under threshold",
+            after=["calendar"],
+            actions=[
+                PlannedAction(target=f"{n}:{p}", action=ssh_action(estate, n, disk_argv(p)))
+                for n, h in hosts
+                for p in h.disk_paths
+            ],
+        ),
+        PlannedStep(
+            name="clock",
+            title="Clock sync (RTS 25)",
+            after=["calendar"],
+            actions=[
+                PlannedAction(target=n, action=ssh_action(estate, n, h.clock_command))
+                for n, h in hosts
+            ],
+        ),
+        PlannedStep(
+            name="fix_store",
+            title="FIX store writable",
+            after=["calendar"],
+            actions=[
+                PlannedAction(
+                    target=n, action=ssh_action(estate, n, fix_store_argv(h.fix_store_dir or ""))
+                )
+                for n, h in hosts
+                if h.fix_store_dir
+            ],
+        ),
+        PlannedStep(
+            name="logs",
+            title="Yesterday's logs rotated",
+            after=["calendar"],
+            actions=[
+                PlannedAction(
+                    target=n, action=ssh_action(estate, n, logs_argv(h.log_dir or "", cutoff))
+                )
+                for n, h in hosts
+                if h.log_dir
+            ],
+        ),
     ]
     previous = "calendar"
     for i, tier in enumerate(estate.app_tiers(region)):
@@ -118,37 +153,102 @@ def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
             for host in app.hosts:
                 url = health_url(app, estate.host(host).address)
                 actions += [
-                    PlannedAction(target=f"{name}@{host}", action=ssh_action(estate, host, app.status)),
-                    PlannedAction(target=f"{name}@{host}",
-                                  action="if down: " + ssh_action(estate, host, app.start)),
+                    PlannedAction(
+                        target=f"{name}@{host}", action=ssh_action(estate, host, app.status)
+                    ),
+                    PlannedAction(
+                        target=f"{name}@{host}",
+                        action="if down: " + ssh_action(estate, host, app.start),
+                    ),
                 ]
                 if url:
-                    want = f", expect version {app.expected_version}" if app.expected_version else ""
-                    actions.append(PlannedAction(target=f"{name}@{host}", action=f"GET {url} -> 200{want}"))
-        plan.steps.append(PlannedStep(name=f"apps_tier{i}", title=f"Apps running, tier {i}",
-                                      after=[previous], actions=actions))
+                    want = (
+                        f", expect version {app.expected_version}" if app.expected_version else ""
+                    )
+                    actions.append(
+                        PlannedAction(target=f"{name}@{host}", action=f"GET {url} -> 200{want}")
+                    )
+        plan.steps.append(
+            PlannedStep(
+                name=f"apps_tier{i}",
+                title=f"Apps running, tier {i}",
+                after=[previous],
+                actions=actions,
+            )
+        )
         previous = f"apps_tier{i}"
-    plan.steps.append(PlannedStep(name="fix", title="FIX sessions logged on", after=["calendar"], actions=[
-        PlannedAction(target=n, action=probe_description(s))
-        for n, s in sorted(estate.fix_sessions_in(region).items())]))
-    plan.steps.append(PlannedStep(name="feeds", title="Market-data feeds fresh", after=["calendar"], actions=[
-        PlannedAction(target=n, action=f"GET {f.status_url} -> last_update younger than "
-                                       f"{f.max_staleness_s or estate.thresholds(region).feed_max_staleness_s:g} s, no gaps")
-        for n, f in sorted(estate.feeds_in(region).items())]))
+    plan.steps.append(
+        PlannedStep(
+            name="fix",
+            title="FIX sessions logged on",
+            after=["calendar"],
+            actions=[
+                PlannedAction(target=n, action=probe_description(s))
+                for n, s in sorted(estate.fix_sessions_in(region).items())
+            ],
+        )
+    )
+    plan.steps.append(
+        PlannedStep(
+            name="feeds",
+            title="Market-data feeds fresh",
+            after=["calendar"],
+            actions=[
+                PlannedAction(
+                    target=n,
+                    action=f"GET {f.status_url} -> last_update younger than "
+                    f"{_max_age(estate, region, f.max_staleness_s):g} s, no gaps",
+                )
+                for n, f in sorted(estate.feeds_in(region).items())
+            ],
+        )
+    )
     dbs = sorted(estate.databases_in(region).items())
     for step in SQL_STEPS:
-        plan.steps.append(PlannedStep(name=step, title=STEP_TITLES[step], after=["calendar"], actions=[
-            PlannedAction(target=f"{n}:{c.name}", action=f"SQL (read-only, {db.timeout_s:g} s): "
-                                                         f"{' '.join(c.sql.split())} -> {c.expect.describe()}")
-            for n, db in dbs for c in db.checks if c.step == step]))
+        plan.steps.append(
+            PlannedStep(
+                name=step,
+                title=STEP_TITLES[step],
+                after=["calendar"],
+                actions=[
+                    PlannedAction(
+                        target=f"{n}:{c.name}",
+                        action=f"SQL (read-only, {db.timeout_s:g} s): "
+                        f"{' '.join(c.sql.split())} -> {c.expect.describe()}",
+                    )
+                    for n, db in dbs
+                    for c in db.checks
+                    if c.step == step
+                ],
+            )
+        )
     channel = estate.region(region).slack_channel
-    plan.steps.append(PlannedStep(name="alert_path", title="Alert path alive", after=["calendar"], actions=[
-        PlannedAction(target=channel, action=f"post a test notification to {channel}")]))
-    plan.steps.append(PlannedStep(name="signoff", title="Sign-off", after=[s.name for s in plan.steps[1:]],
-                                  note="summary to Slack, report (HTML, Markdown, JSON)"))
+    plan.steps.append(
+        PlannedStep(
+            name="alert_path",
+            title="Alert path alive",
+            after=["calendar"],
+            actions=[
+                PlannedAction(target=channel, action=f"post a test notification to {channel}")
+            ],
+        )
+    )
+    plan.steps.append(
+        PlannedStep(
+            name="signoff",
+            title="Sign-off",
+            after=[s.name for s in plan.steps[1:]],
+            note="summary to Slack, report (HTML, Markdown, JSON)",
+        )
+    )
     return plan
+
+
+def _max_age(estate: Estate, region: str, feed_limit: float | None) -> float:
+    return feed_limit or estate.thresholds(region).feed_max_staleness_s
 
 
 def _session_note(facts: dict[str, Any]) -> str:
     half = " (half day)" if facts.get("half_day") else ""
-    return f"{facts['calendar']} session: open {facts['open_local']}, close {facts['close_local']}{half}"
+    hours = f"open {facts['open_local']}, close {facts['close_local']}"
+    return f"{facts['calendar']} session: {hours}{half}"

@@ -49,15 +49,19 @@ async def _apps_in_order(ctx: RunContext) -> list[StepResult]:
 
 def _crashed(name: str, exc: BaseException) -> StepResult:
     """A step whose task itself raised: recorded as failed, never lost."""
-    outcome = Outcome(step=name, target=name, status=Status.FAILED,
-                      detail=f"step crashed: {type(exc).__name__}: {exc}")
+    outcome = Outcome(
+        step=name,
+        target=name,
+        status=Status.FAILED,
+        detail=f"step crashed: {type(exc).__name__}: {exc}",
+    )
     return StepResult(name=name, title=name, outcomes=[outcome])
 
 
 @flow(name="start-of-day", flow_run_name=run_namer("sod"), log_prints=False)
 async def start_of_day(params: RunParams) -> RunRecord:
     """Prepare a region for the open on its trade date."""
-    ctx, record = open_run("sod", params)
+    ctx, record = await open_run("sod", params)
     if record.skipped_reason or params.dry_run:
         plan = build_sod_plan(ctx.estate, ctx.region, ctx.trade_date)
         record = record.model_copy(update={"plan": plan.model_dump(mode="json")})
@@ -66,7 +70,10 @@ async def start_of_day(params: RunParams) -> RunRecord:
     names = ["apps", "disk", "clock", "fix_store", "logs", "fix", "feeds", *SQL_STEPS, "alert_path"]
     results = await asyncio.gather(
         _apps_in_order(ctx),
-        check_disk(ctx), check_clock(ctx), check_fix_store(ctx), check_logs_rotated(ctx),
+        check_disk(ctx),
+        check_clock(ctx),
+        check_fix_store(ctx),
+        check_logs_rotated(ctx),
         check_fix_sessions(ctx),
         check_feeds(ctx),
         *(check_database(ctx, step) for step in SQL_STEPS),
@@ -79,6 +86,6 @@ async def start_of_day(params: RunParams) -> RunRecord:
             steps.append(_crashed(name, result))
         elif isinstance(result, list):
             steps.extend(result)
-        else:
+        elif isinstance(result, StepResult):
             steps.append(result)
     return await finish_run(ctx, record, steps)

@@ -105,7 +105,9 @@ class FaultBook:
 
     def add(self, kind: str, target: str, **params: Any) -> Fault:
         if kind not in KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; valid kinds: {', '.join(sorted(KINDS))}")
+            raise ValueError(
+                f"unknown fault kind {kind!r}; valid kinds: {', '.join(sorted(KINDS))}"
+            )
         fault = Fault(kind, target, params)
         faults = [f for f in self._read() if not (f.kind == kind and f.target == target)]
         self._write([*faults, fault])

@@ -50,6 +50,11 @@ class StepResult(BaseModel):
             return f"{first.target}: {first.detail}{more}"
         if self.note:
             return self.note
+        changed = [o for o in self.outcomes if o.status == Status.CHANGED]
+        if len(self.outcomes) == 1 or changed:
+            first = (changed or self.outcomes)[0]
+            more = f" (+{len(self.outcomes) - 1} more)" if len(self.outcomes) > 1 else ""
+            return f"{first.target}: {first.detail}{more}"
         return ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items())) or "nothing to do"
 
 

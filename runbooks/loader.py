@@ -55,7 +55,9 @@ def load_estate(path: str | Path | None = None) -> Estate:
     except yaml.YAMLError as exc:
         raise EstateError(f"malformed YAML: {exc}", file=shown) from None
     if not isinstance(data, dict):
-        raise EstateError("expected a mapping at the top (regions:, hosts:, ...)", file=shown, line=1)
+        raise EstateError(
+            "expected a mapping at the top (regions:, hosts:, ...)", file=shown, line=1
+        )
     data = _expand(data)
     data["source"] = str(file.resolve())
     try:

@@ -53,7 +53,9 @@ class Region(Model):
     """A trading region: a timezone, its venues' calendars, and who to tell."""
 
     timezone: str
-    calendars: list[str] = Field(min_length=1, description="exchange_calendars codes; first is primary")
+    calendars: list[str] = Field(
+        min_length=1, description="exchange_calendars codes; first is primary"
+    )
     slack_channel: str
     approver_group: str
     work_pool: str
@@ -65,7 +67,9 @@ class Region(Model):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {v!r} (expected an IANA name like Europe/London)") from exc
+            raise ValueError(
+                f"unknown timezone {v!r} (expected an IANA name like Europe/London)"
+            ) from exc
         return v
 
     @field_validator("calendars")
@@ -76,7 +80,9 @@ class Region(Model):
         names = set(xcals.get_calendar_names(include_aliases=True))
         bad = [c for c in v if c not in names]
         if bad:
-            raise ValueError(f"unknown exchange calendar(s) {bad} (expected codes such as XNYS, XLON, XTKS)")
+            raise ValueError(
+                f"unknown exchange calendar(s) {bad} (expected codes such as XNYS, XLON, XTKS)"
+            )
         return v
 
     @property
@@ -92,7 +98,9 @@ class Host(Model):
     port: int = Field(default=22, ge=1, le=65535)
     user: str
     identity_file: Path | None = None
-    host_key: str | None = Field(default=None, description="pinned 'type base64' key; else known_hosts")
+    host_key: str | None = Field(
+        default=None, description="pinned 'type base64' key; else known_hosts"
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     command_timeout_s: float = Field(default=30.0, gt=0)
     disk_paths: list[str] = Field(default_factory=lambda: ["."])
@@ -108,7 +116,9 @@ class App(Model):
     start: Command
     stop: Command
     status: Command = Field(description="exit 0 = running, non-zero = not running")
-    health_url: str | None = Field(default=None, description="{host} is replaced by the host address")
+    health_url: str | None = Field(
+        default=None, description="{host} is replaced by the host address"
+    )
     expected_version: str | None = None
     depends_on: list[str] = Field(default_factory=list)
     start_timeout_s: float = Field(default=30.0, gt=0)
@@ -219,7 +229,9 @@ class Database(Model):
 class Person(Model):
     name: str
     slack_id: str | None = None
-    identities: list[str] = Field(default_factory=list, description="other logins of the same person")
+    identities: list[str] = Field(
+        default_factory=list, description="other logins of the same person"
+    )
 
 
 class Group(Model):
@@ -303,28 +315,44 @@ class Estate(Model):
                 raise EstateError("region names must be lower case", key_path=f"regions.{name}")
             if self.groups and r.approver_group not in self.groups:
                 raise UnknownNameError(
-                    "group", r.approver_group, list(self.groups),
+                    "group",
+                    r.approver_group,
+                    list(self.groups),
                     key_path=f"regions.{name}.approver_group",
                 )
-        located: list[tuple[str, dict[str, Host] | dict[str, FixSession] | dict[str, Feed] | dict[str, Database]]] = [
-            ("hosts", self.hosts), ("fix_sessions", self.fix_sessions),
-            ("feeds", self.feeds), ("databases", self.databases),
+        located: list[
+            tuple[
+                str, dict[str, Host] | dict[str, FixSession] | dict[str, Feed] | dict[str, Database]
+            ]
+        ] = [
+            ("hosts", self.hosts),
+            ("fix_sessions", self.fix_sessions),
+            ("feeds", self.feeds),
+            ("databases", self.databases),
         ]
         for kind, items in located:
             for name, item in items.items():
                 if item.region not in self.regions:
-                    raise UnknownNameError("region", item.region, regions, key_path=f"{kind}.{name}.region")
+                    raise UnknownNameError(
+                        "region", item.region, regions, key_path=f"{kind}.{name}.region"
+                    )
         for name, app in self.apps.items():
             for i, h in enumerate(app.hosts):
                 if h not in self.hosts:
-                    raise UnknownNameError("host", h, list(self.hosts), key_path=f"apps.{name}.hosts[{i}]")
+                    raise UnknownNameError(
+                        "host", h, list(self.hosts), key_path=f"apps.{name}.hosts[{i}]"
+                    )
             for i, d in enumerate(app.depends_on):
                 if d not in self.apps:
-                    raise UnknownNameError("app", d, list(self.apps), key_path=f"apps.{name}.depends_on[{i}]")
+                    raise UnknownNameError(
+                        "app", d, list(self.apps), key_path=f"apps.{name}.depends_on[{i}]"
+                    )
         for gname, group in self.groups.items():
             for i, m in enumerate(group.members):
                 if m not in self.people:
-                    raise UnknownNameError("person", m, list(self.people), key_path=f"groups.{gname}.members[{i}]")
+                    raise UnknownNameError(
+                        "person", m, list(self.people), key_path=f"groups.{gname}.members[{i}]"
+                    )
         cycle = _find_cycle({n: a.depends_on for n, a in self.apps.items()})
         if cycle:
             raise EstateError(
@@ -344,7 +372,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in graph.get(node, []):
             if color.get(nxt, black) == grey:
-                return [*stack[stack.index(nxt):], nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if color.get(nxt) == white:
                 found = visit(nxt)
                 if found:

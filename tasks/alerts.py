@@ -22,10 +22,24 @@ async def check_alert_path(ctx: RunContext) -> StepResult:
         try:
             ref = await in_thread(ctx, ctx.notifier.post, channel, text)
         except Exception as exc:
-            return [Outcome(step="alert_path", target=channel, status=Status.FAILED, started_at=started,
-                            detail=f"test notification not delivered: {exc}")]
-        return [Outcome(step="alert_path", target=channel, status=Status.OK, started_at=started,
-                        detail=f"test notification delivered (ts {ref.ts})",
-                        evidence={"channel": ref.channel, "ts": ref.ts})]
+            return [
+                Outcome(
+                    step="alert_path",
+                    target=channel,
+                    status=Status.FAILED,
+                    started_at=started,
+                    detail=f"test notification not delivered: {exc}",
+                )
+            ]
+        return [
+            Outcome(
+                step="alert_path",
+                target=channel,
+                status=Status.OK,
+                started_at=started,
+                detail=f"test notification delivered (ts {ref.ts})",
+                evidence={"channel": ref.channel, "ts": ref.ts},
+            )
+        ]
 
     return await timed_step(ctx, "alert_path", "Alert path alive", work())

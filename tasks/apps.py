@@ -8,6 +8,8 @@ An app whose dependency did not come up is skipped with that reason, never start
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -24,14 +26,16 @@ def health_url(app: App, address: str) -> str | None:
     return app.health_url.replace("{host}", address) if app.health_url else None
 
 
-async def _verify(ctx: RunContext, name: str, app: App, host: str) -> tuple[bool, str, dict[str, object]]:
+async def _verify(
+    ctx: RunContext, http: Any, name: str, app: App, host: str
+) -> tuple[bool, str, dict[str, object]]:
     """(healthy, detail, evidence) from the health endpoint, or the status command."""
     url = health_url(app, ctx.estate.host(host).address)
     if url is None:
         res = await in_thread(ctx, ctx.ssh.run, host, app.status)
         return res.ok, ("running" if res.ok else f"status exited {res.exit_status}"), {}
     try:
-        answer = await ctx.http.get(url, target=f"{name}@{host}", timeout=5.0, retries=2)
+        answer = await http.get(url, target=f"{name}@{host}", timeout=5.0, retries=2)
     except HttpError as exc:  # non-2xx, refused, timed out
         return False, f"health check failed: GET {url}: {exc.answer}", {"health_url": url}
     body = answer.json if isinstance(answer.json, dict) else {}
@@ -42,7 +46,7 @@ async def _verify(ctx: RunContext, name: str, app: App, host: str) -> tuple[bool
     return True, f"healthy, version {version}" if version else "healthy", evidence
 
 
-async def _ensure_one(ctx: RunContext, name: str, app: App, host: str) -> Outcome:
+async def _ensure_one(ctx: RunContext, http: Any, name: str, app: App, host: str) -> Outcome:
     started = utcnow()
     target = f"{name}@{host}"
     status = await in_thread(ctx, ctx.ssh.run, host, app.status)
@@ -51,22 +55,44 @@ async def _ensure_one(ctx: RunContext, name: str, app: App, host: str) -> Outcom
         res = await in_thread(ctx, ctx.ssh.run, host, app.start, timeout=app.start_timeout_s)
         if not res.ok:
             tail = (res.stderr.strip() or res.stdout.strip())[-300:]
-            return Outcome(step="apps", target=target, status=Status.FAILED, started_at=started,
-                           detail=f"was down; start exited {res.exit_status}: {tail}",
-                           evidence={"start_exit": res.exit_status})
+            return Outcome(
+                step="apps",
+                target=target,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"was down; start exited {res.exit_status}: {tail}",
+                evidence={"start_exit": res.exit_status},
+            )
         changed = True
-    healthy, detail, evidence = await _verify(ctx, name, app, host)
+    healthy, detail, evidence = await _verify(ctx, http, name, app, host)
     if not healthy:
         prefix = "started but " if changed else ""
-        return Outcome(step="apps", target=target, status=Status.FAILED, started_at=started,
-                       detail=prefix + detail, evidence=evidence)
-    return Outcome(step="apps", target=target, started_at=started, evidence=evidence,
-                   status=Status.CHANGED if changed else Status.OK,
-                   detail=("started; " if changed else "already running; ") + detail)
+        return Outcome(
+            step="apps",
+            target=target,
+            status=Status.FAILED,
+            started_at=started,
+            detail=prefix + detail,
+            evidence=evidence,
+        )
+    return Outcome(
+        step="apps",
+        target=target,
+        started_at=started,
+        evidence=evidence,
+        status=Status.CHANGED if changed else Status.OK,
+        detail=("started; " if changed else "already running; ") + detail,
+    )
 
 
-@task(name="ensure_apps_running", cache_policy=NO_CACHE, task_run_name="ensure_apps_running[tier {tier}]")
-async def ensure_apps_running(ctx: RunContext, tier: int, apps: list[str], failed: set[str]) -> StepResult:
+@task(
+    name="ensure_apps_running",
+    cache_policy=NO_CACHE,
+    task_run_name="ensure_apps_running[tier {tier}]",
+)
+async def ensure_apps_running(
+    ctx: RunContext, tier: int, apps: list[str], failed: set[str]
+) -> StepResult:
     """Make every app of one dependency tier run and verify it.
 
     Args:
@@ -82,20 +108,34 @@ async def ensure_apps_running(ctx: RunContext, tier: int, apps: list[str], faile
         blocked = sorted(set(app.depends_on) & failed)
         for host in app.hosts:
             if blocked:
-                skipped.append(Outcome(step="apps", target=f"{name}@{host}", status=Status.SKIPPED,
-                                       detail=f"not started: dependency {', '.join(blocked)} is not up"))
+                skipped.append(
+                    Outcome(
+                        step="apps",
+                        target=f"{name}@{host}",
+                        status=Status.SKIPPED,
+                        detail=f"not started: dependency {', '.join(blocked)} is not up",
+                    )
+                )
             else:
                 targets.append((f"{name}@{host}", (name, app, host)))
 
-    async def probe(_: str, item: tuple[str, App, str]) -> Outcome:
-        return await _ensure_one(ctx, *item)
-
     async def work() -> list[Outcome]:
-        return skipped + await fan_out("apps", targets, probe)
+        async with ctx.http() as http:
 
-    return await timed_step(ctx, f"apps_tier{tier}", f"Apps running, tier {tier}: {', '.join(apps)}", work())
+            async def probe(_: str, item: tuple[str, App, str]) -> Outcome:
+                return await _ensure_one(ctx, http, *item)
+
+            return skipped + await fan_out("apps", targets, probe)
+
+    return await timed_step(
+        ctx, f"apps_tier{tier}", f"Apps running, tier {tier}: {', '.join(apps)}", work()
+    )
 
 
 def apps_not_up(result: StepResult) -> set[str]:
     """App names with any target not ok/changed in a tier's result."""
-    return {o.target.split("@", 1)[0] for o in result.outcomes if o.status not in (Status.OK, Status.CHANGED)}
+    return {
+        o.target.split("@", 1)[0]
+        for o in result.outcomes
+        if o.status not in (Status.OK, Status.CHANGED)
+    }

@@ -39,7 +39,9 @@ class RunContext:
         trade_date: the session being prepared.
         prev_trade_date: the previous session of the primary calendar.
         ssh: an ``SshRunner`` (real pool or fake).
-        http: an ``HttpClient``.
+        http: makes an ``HttpClient`` (an async context manager). A task opens its own,
+            because Prefect may run async tasks on different event loops and a
+            connection pool belongs to the loop that opened it.
         notifier: a ``Notifier``.
         max_workers: threads for blocking probes.
     """
@@ -74,9 +76,6 @@ class RunContext:
         for closer in (getattr(self.ssh, "close", None),):
             if closer:
                 await asyncio.get_running_loop().run_in_executor(self.pool, closer)
-        aclose = getattr(self.http, "aclose", None)
-        if aclose:
-            await aclose()
         for runner in self.sql_runners.values():
             runner.close()
         if self._pool:
@@ -85,11 +84,12 @@ class RunContext:
 
 def outcome_from_error(step: str, target: str, exc: BaseException, started: Any) -> Outcome:
     """A failed (or, when the effect is ambiguous, unknown) Outcome for an exception."""
-    status = Status.UNKNOWN if isinstance(exc, CommandTimeoutError | ConnectionLostError) else Status.FAILED
-    if isinstance(exc, OpenbellError):
-        detail = str(exc)
-    else:
-        detail = f"{type(exc).__name__}: {exc}"
+    status = (
+        Status.UNKNOWN
+        if isinstance(exc, CommandTimeoutError | ConnectionLostError)
+        else Status.FAILED
+    )
+    detail = str(exc) if isinstance(exc, OpenbellError) else f"{type(exc).__name__}: {exc}"
     evidence: dict[str, Any] = {"error": type(exc).__name__}
     if getattr(exc, "expected", None) is not None:  # FIX "MsgSeqNum too low, expecting N"
         evidence["expected_seq"] = exc.expected  # type: ignore[attr-defined]

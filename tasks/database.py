@@ -62,9 +62,14 @@ async def check_database(ctx: RunContext, step: str) -> StepResult:
         detail = f"{result.value!r} (expected {result.expected})"
         if check.description:
             detail += f": {check.description}"
-        return Outcome(step=step, target=target, started_at=started, detail=detail,
-                       status=Status.OK if result.passed else Status.FAILED,
-                       evidence={"value": result.value, "expected": result.expected})
+        return Outcome(
+            step=step,
+            target=target,
+            started_at=started,
+            detail=detail,
+            status=Status.OK if result.passed else Status.FAILED,
+            evidence={"value": result.value, "expected": result.expected},
+        )
 
     note = "" if targets else "no checks defined for this step"
     title = STEP_TITLES.get(step, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +15,9 @@ from tasks.context import RunContext, fan_out
 from tasks.steps import timed_step
 
 
-def judge_feed(name: str, body: dict[str, object], max_age_s: float, now: datetime) -> tuple[Status, str]:
+def judge_feed(
+    name: str, body: dict[str, object], max_age_s: float, now: datetime
+) -> tuple[Status, str]:
     """(status, detail) for a feed's status document.
 
     Example:
@@ -35,7 +38,33 @@ def judge_feed(name: str, body: dict[str, object], max_age_s: float, now: dateti
         problems.append(f"{len(gaps)} unrecovered gap(s): {gaps[:3]}")  # type: ignore[index,arg-type]
     if problems:
         return Status.FAILED, "; ".join(problems)
-    return Status.OK, f"last update {max(age, 0):.1f} s ago, sequence {body.get('sequence')}, no gaps"
+    return (
+        Status.OK,
+        f"last update {max(age, 0):.1f} s ago, sequence {body.get('sequence')}, no gaps",
+    )
+
+
+async def _probe_feed(http: Any, name: str, feed: Feed, default_max: float) -> Outcome:
+    started = utcnow()
+    answer = await http.get(feed.status_url, target=name, timeout=feed.timeout_s, retries=2)
+    if not isinstance(answer.json, dict):
+        return Outcome(
+            step="feeds",
+            target=name,
+            status=Status.FAILED,
+            started_at=started,
+            detail=f"{feed.status_url} answered {answer.status} without a JSON status",
+        )
+    status, detail = judge_feed(name, answer.json, feed.max_staleness_s or default_max, utcnow())
+    evidence = {k: answer.json.get(k) for k in ("last_update", "sequence", "gaps")}
+    return Outcome(
+        step="feeds",
+        target=name,
+        status=status,
+        detail=detail,
+        started_at=started,
+        evidence=evidence,
+    )
 
 
 @task(name="check_feeds", cache_policy=NO_CACHE)
@@ -43,16 +72,12 @@ async def check_feeds(ctx: RunContext) -> StepResult:
     """Every market-data feed of the region is fresh and gap-free."""
     default_max = ctx.estate.thresholds(ctx.region).feed_max_staleness_s
 
-    async def probe(name: str, feed: Feed) -> Outcome:
-        started = utcnow()
-        answer = await ctx.http.get(feed.status_url, target=name, timeout=feed.timeout_s, retries=2)
-        if not isinstance(answer.json, dict):
-            return Outcome(step="feeds", target=name, status=Status.FAILED, started_at=started,
-                           detail=f"{feed.status_url} answered {answer.status} without a JSON status")
-        status, detail = judge_feed(name, answer.json, feed.max_staleness_s or default_max, utcnow())
-        evidence = {k: answer.json.get(k) for k in ("last_update", "sequence", "gaps")}
-        return Outcome(step="feeds", target=name, status=status, detail=detail,
-                       started_at=started, evidence=evidence)
+    async def work() -> list[Outcome]:
+        async with ctx.http() as http:
 
-    feeds = sorted(ctx.estate.feeds_in(ctx.region).items())
-    return await timed_step(ctx, "feeds", "Market-data feeds fresh", fan_out("feeds", feeds, probe))
+            async def probe(name: str, feed: Feed) -> Outcome:
+                return await _probe_feed(http, name, feed, default_max)
+
+            return await fan_out("feeds", sorted(ctx.estate.feeds_in(ctx.region).items()), probe)
+
+    return await timed_step(ctx, "feeds", "Market-data feeds fresh", work())

@@ -34,8 +34,17 @@ def fix_store_argv(directory: str) -> list[str]:
 def logs_argv(log_dir: str, cutoff_epoch: int) -> list[str]:
     """List live ``*.log`` files not written since the cutoff (i.e. not rotated)."""
     return [
-        "find", log_dir, "-maxdepth", "1", "-type", "f", "-name", "*.log",
-        "!", "-newermt", f"@{cutoff_epoch}",
+        "find",
+        log_dir,
+        "-maxdepth",
+        "1",
+        "-type",
+        "f",
+        "-name",
+        "*.log",
+        "!",
+        "-newermt",
+        f"@{cutoff_epoch}",
     ]
 
 
@@ -89,14 +98,27 @@ async def check_disk(ctx: RunContext) -> StepResult:
         started = utcnow()
         res = await in_thread(ctx, ctx.ssh.run, item[0], disk_argv(item[1]))
         if not res.ok:
-            return Outcome(step="disk", target=target, status=Status.FAILED, started_at=started,
-                           detail=f"df exited {res.exit_status}: {res.stderr.strip()[-200:]}")
+            return Outcome(
+                step="disk",
+                target=target,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"df exited {res.exit_status}: {res.stderr.strip()[-200:]}",
+            )
         pct = parse_df(res.stdout)
         status = Status.OK if pct < limit else Status.FAILED
-        return Outcome(step="disk", target=target, status=status, started_at=started,
-                       detail=f"{pct}% used (limit {limit:g}%)", evidence={"used_pct": pct})
+        return Outcome(
+            step="disk",
+            target=target,
+            status=status,
+            started_at=started,
+            detail=f"{pct}% used (limit {limit:g}%)",
+            evidence={"used_pct": pct},
+        )
 
-    return await timed_step(ctx, "disk", "Disk use under threshold", fan_out("disk", targets, probe))
+    return await timed_step(
+        ctx, "disk", "Disk use under threshold", fan_out("disk", targets, probe)
+    )
 
 
 @task(name="check_clock", cache_policy=NO_CACHE)
@@ -108,21 +130,38 @@ async def check_clock(ctx: RunContext) -> StepResult:
         started = utcnow()
         res = await in_thread(ctx, ctx.ssh.run, name, host.clock_command)
         if not res.ok:
-            return Outcome(step="clock", target=name, status=Status.FAILED, started_at=started,
-                           detail=f"{' '.join(host.clock_command)} exited {res.exit_status}: "
-                                  f"{res.stderr.strip()[-200:]}")
+            return Outcome(
+                step="clock",
+                target=name,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"{' '.join(host.clock_command)} exited {res.exit_status}: "
+                f"{res.stderr.strip()[-200:]}",
+            )
         offset_us, leap = parse_chronyc(res.stdout)
         problems = []
         if abs(offset_us) > th.clock_limit_us:
-            problems.append(f"offset {offset_us:+.1f} µs exceeds {th.clock_tier} tier ±{th.clock_limit_us} µs")
+            problems.append(
+                f"offset {offset_us:+.1f} µs exceeds {th.clock_tier} tier ±{th.clock_limit_us} µs"
+            )
         if leap.lower() != "normal":
             problems.append(f"leap status {leap!r}")
-        detail = "; ".join(problems) or f"offset {offset_us:+.1f} µs (limit ±{th.clock_limit_us} µs), leap Normal"
-        return Outcome(step="clock", target=name, started_at=started, detail=detail,
-                       status=Status.FAILED if problems else Status.OK,
-                       evidence={"offset_us": offset_us, "leap": leap, "tier": th.clock_tier})
+        detail = (
+            "; ".join(problems)
+            or f"offset {offset_us:+.1f} µs (limit ±{th.clock_limit_us} µs), leap Normal"
+        )
+        return Outcome(
+            step="clock",
+            target=name,
+            started_at=started,
+            detail=detail,
+            status=Status.FAILED if problems else Status.OK,
+            evidence={"offset_us": offset_us, "leap": leap, "tier": th.clock_tier},
+        )
 
-    return await timed_step(ctx, "clock", "Clock sync (RTS 25)", fan_out("clock", _targets(ctx), probe))
+    return await timed_step(
+        ctx, "clock", "Clock sync (RTS 25)", fan_out("clock", _targets(ctx), probe)
+    )
 
 
 @task(name="check_fix_store", cache_policy=NO_CACHE)
@@ -135,12 +174,18 @@ async def check_fix_store(ctx: RunContext) -> StepResult:
         directory = host.fix_store_dir or ""
         res = await in_thread(ctx, ctx.ssh.run, name, fix_store_argv(directory))
         ok = res.ok
-        return Outcome(step="fix_store", target=name, started_at=started,
-                       status=Status.OK if ok else Status.FAILED,
-                       detail=f"{directory} writable" if ok else f"{directory} is missing or not writable")
+        return Outcome(
+            step="fix_store",
+            target=name,
+            started_at=started,
+            status=Status.OK if ok else Status.FAILED,
+            detail=f"{directory} writable" if ok else f"{directory} is missing or not writable",
+        )
 
     note = "" if targets else "no host has a FIX store"
-    return await timed_step(ctx, "fix_store", "FIX store writable", fan_out("fix_store", targets, probe), note)
+    return await timed_step(
+        ctx, "fix_store", "FIX store writable", fan_out("fix_store", targets, probe), note
+    )
 
 
 def rotation_cutoff(timezone: str, day: date) -> int:
@@ -162,14 +207,31 @@ async def check_logs_rotated(ctx: RunContext) -> StepResult:
         res = await in_thread(ctx, ctx.ssh.run, name, logs_argv(host.log_dir or "", cutoff))
         stale = [ln for ln in res.stdout.splitlines() if ln.strip()]
         if not res.ok:
-            return Outcome(step="logs", target=name, status=Status.FAILED, started_at=started,
-                           detail=f"find exited {res.exit_status}: {res.stderr.strip()[-200:]}")
+            return Outcome(
+                step="logs",
+                target=name,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"find exited {res.exit_status}: {res.stderr.strip()[-200:]}",
+            )
         if stale:
-            return Outcome(step="logs", target=name, status=Status.FAILED, started_at=started,
-                           detail=f"{len(stale)} log(s) not rotated: {', '.join(stale[:3])}",
-                           evidence={"stale": stale[:50]})
-        return Outcome(step="logs", target=name, status=Status.OK, started_at=started,
-                       detail=f"{host.log_dir}: rotated")
+            return Outcome(
+                step="logs",
+                target=name,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"{len(stale)} log(s) not rotated: {', '.join(stale[:3])}",
+                evidence={"stale": stale[:50]},
+            )
+        return Outcome(
+            step="logs",
+            target=name,
+            status=Status.OK,
+            started_at=started,
+            detail=f"{host.log_dir}: rotated",
+        )
 
     note = "" if targets else "no host names a log_dir"
-    return await timed_step(ctx, "logs", "Yesterday's logs rotated", fan_out("logs", targets, probe), note)
+    return await timed_step(
+        ctx, "logs", "Yesterday's logs rotated", fan_out("logs", targets, probe), note
+    )

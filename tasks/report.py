@@ -20,8 +20,15 @@ from openbell.secrets import redact
 TEMPLATES = Path(__file__).resolve().parent.parent / "runbooks" / "templates"
 EMOJI = {"ok": "✅", "changed": "🔧", "skipped": "⏭️", "failed": "❌", "unknown": "❓"}
 
-_env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)  # noqa: E501
-_md_env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)  # noqa: S701, E501 - Markdown is not HTML
+_OPTIONS: dict[str, Any] = {
+    "loader": FileSystemLoader(TEMPLATES),
+    "undefined": StrictUndefined,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+}
+_env = Environment(autoescape=select_autoescape(["html", "j2"]), **_OPTIONS)
+# Markdown is not HTML: its template escapes every value with the ``md`` filter below.
+_md_env = Environment(autoescape=False, **_OPTIONS)  # noqa: S701
 
 
 def _md(text: Any) -> str:
@@ -59,7 +66,9 @@ def view_model(record: RunRecord) -> dict[str, Any]:
     for step, model in zip(data["steps"], record.steps, strict=True):
         step["status"] = model.status.value
         step["summary"] = model.summary()
-        step["duration_ms"] = round((model.finished_at - model.started_at).total_seconds() * 1000, 1)
+        step["duration_ms"] = round(
+            (model.finished_at - model.started_at).total_seconds() * 1000, 1
+        )
     return _redacted(data)
 
 
@@ -83,17 +92,28 @@ def write_reports(record: RunRecord, reports_dir: Path) -> dict[str, Path]:
 
 def run_notice(record: RunRecord) -> Any:
     """The Slack summary of a run (one message, threaded detail for problems)."""
-    from tasks.notify import RunNotice
+    from tasks.notify import RunNotice, StepNotice, TargetNotice
 
-    steps = []
-    for s in record.steps:
-        problems = [(o.target, o.status, o.detail) for o in s.problems()]
-        steps.append((s.title, s.status, s.summary(), problems))
+    steps = [
+        StepNotice(
+            s.title,
+            s.status,
+            s.summary(),
+            [TargetNotice(o.target, o.status, o.detail) for o in s.problems()],
+        )
+        for s in record.steps
+    ]
     if record.skipped_reason:
-        steps.append(("Calendar gate", Status.SKIPPED, record.skipped_reason, []))
+        steps.append(StepNotice("Calendar gate", Status.SKIPPED, record.skipped_reason))
     return RunNotice(
-        runbook=record.runbook, region=record.region, trade_date=record.trade_date,
-        status=record.status, title=record.title, run_id=record.run_id,
-        started=record.started_at, finished=record.finished_at or record.started_at,
-        steps=steps, report_path=record.reports.get("html"),
+        runbook=record.runbook,
+        region=record.region,
+        trade_date=record.trade_date,
+        status=record.status,
+        title=record.title,
+        run_id=record.run_id,
+        started=record.started_at,
+        finished=record.finished_at or record.started_at,
+        steps=steps,
+        report_path=record.reports.get("html"),
     )

@@ -36,7 +36,13 @@ async def check_fix_sessions(ctx: RunContext) -> StepResult:
             f"{r.begin_string} logon {r.logon_rtt_ms:.1f} ms, 108={r.heartbeat_echoed} echoed, "
             f"TestRequest answered in {r.test_request_rtt_ms:.1f} ms"
         )
-        return Outcome(step="fix", target=name, status=Status.OK, started_at=started,
-                       detail=detail, evidence=r.evidence())
+        return Outcome(
+            step="fix",
+            target=name,
+            status=Status.OK,
+            started_at=started,
+            detail=detail,
+            evidence=r.evidence(),
+        )
 
     return await timed_step(ctx, "fix", "FIX sessions logged on", fan_out("fix", sessions, probe))

@@ -17,7 +17,12 @@ async def timed_step(
     ctx.emit(name, "start", title)
     outcomes = await work
     result = StepResult(
-        name=name, title=title, outcomes=outcomes, started_at=started, finished_at=utcnow(), note=note
+        name=name,
+        title=title,
+        outcomes=outcomes,
+        started_at=started,
+        finished_at=utcnow(),
+        note=note,
     )
     ctx.emit(name, "done", result)
     return result

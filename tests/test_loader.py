@@ -42,7 +42,9 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_key_names_line_and_path(tmp_path: Path) -> None:
-    p = mutate(tmp_path, "    command_timeout_s: 10\n", "    command_timeout_s: 10\n    colour: blue\n")
+    p = mutate(
+        tmp_path, "    command_timeout_s: 10\n", "    command_timeout_s: 10\n    colour: blue\n"
+    )
     with pytest.raises(EstateError) as exc:
         load_estate(p)
     err = exc.value
@@ -74,7 +76,9 @@ def test_app_on_unknown_host_lists_known_hosts(tmp_path: Path) -> None:
 def test_dependency_cycle_is_shown(tmp_path: Path) -> None:
     text = LAB.read_text().replace(
         "  emea-refdata:\n    hosts: [emea-app1]\n",
-        "  emea-refdata:\n    hosts: [emea-app1]\n    depends_on: [emea-algo]\n", 1)
+        "  emea-refdata:\n    hosts: [emea-app1]\n    depends_on: [emea-algo]\n",
+        1,
+    )
     with pytest.raises(EstateError) as exc:
         load_estate(write(tmp_path, text))
     msg = str(exc.value)

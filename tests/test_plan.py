@@ -44,15 +44,26 @@ def test_session_plan_has_every_step_with_exact_commands(estate) -> None:  # typ
     names = [s.name for s in plan.steps]
     assert names[:5] == ["calendar", "disk", "clock", "fix_store", "logs"]
     assert [n for n in names if n.startswith("apps_tier")] == [f"apps_tier{i}" for i in range(5)]
-    for step in ("fix", "feeds", "refdata", "positions", "limits", "controls", "batch", "alert_path"):
+    for step in (
+        "fix",
+        "feeds",
+        "refdata",
+        "positions",
+        "limits",
+        "controls",
+        "batch",
+        "alert_path",
+    ):
         assert step in names
     assert names[-1] == "signoff"
     disk = next(s for s in plan.steps if s.name == "disk")
     assert disk.actions[0].action == "ssh openbell@emea-app1 (127.0.0.1:42211) $ df -P -k ."
     tier1 = next(s for s in plan.steps if s.name == "apps_tier1")
     assert tier1.after == ["apps_tier0"]
-    assert any("bin/appctl start emea-risk" in a.action and a.action.startswith("if down:")
-               for a in tier1.actions)
+    assert any(
+        "bin/appctl start emea-risk" in a.action and a.action.startswith("if down:")
+        for a in tier1.actions
+    )
     fix = next(s for s in plan.steps if s.name == "fix")
     assert any("FIX.4.4" in a.action and "108=30" in a.action for a in fix.actions)
     refdata = next(s for s in plan.steps if s.name == "refdata")
