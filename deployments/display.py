@@ -66,26 +66,35 @@ def summary_table(record: RunRecord) -> Table:
 
 
 class Progress:
-    """Live progress of a run: a row per step, updated as steps start and finish."""
+    """Progress of a run: a live table on a terminal, else one line per finished step."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.rows: dict[str, tuple[str, str, str]] = {}
-        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True)
+        self.live: Live | None = None
+        if console.is_terminal:
+            self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True)
 
     def __enter__(self) -> Progress:
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(None, None, None)
+        if self.live:
+            self.live.__exit__(None, None, None)
 
     def __call__(self, step: str, event: str, detail: Any) -> None:
         if event == "start":
             self.rows[step] = (str(detail), "running", "")
         elif isinstance(detail, StepResult):
             self.rows[step] = (detail.title, detail.status.value, detail.summary())
-        self.live.update(self._table())
+            if not self.live:
+                line = Text(f"{detail.status.value:>8}  ", style=STYLE.get(detail.status.value, ""))
+                line.append(f"{detail.title}: {detail.summary()}")
+                self.console.print(line, soft_wrap=True)
+        if self.live:
+            self.live.update(self._table())
 
     def _table(self) -> Table:
         table = Table(title="running…", title_justify="left")

@@ -70,7 +70,7 @@ def run_runbook(
     flows = {"sod": start_of_day}
     api_url = ensure_server()
     progress: Any = None
-    if console is not None and console.is_terminal:
+    if console is not None:
         from deployments.display import Progress
 
         progress = Progress(console)

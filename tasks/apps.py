@@ -113,7 +113,7 @@ async def ensure_apps_running(
                         step="apps",
                         target=f"{name}@{host}",
                         status=Status.SKIPPED,
-                        detail=f"not started: dependency {', '.join(blocked)} is not up",
+                        detail=f"not started: {_deps_not_up(blocked)}",
                     )
                 )
             else:
@@ -130,6 +130,12 @@ async def ensure_apps_running(
     return await timed_step(
         ctx, f"apps_tier{tier}", f"Apps running, tier {tier}: {', '.join(apps)}", work()
     )
+
+
+def _deps_not_up(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"dependency {names[0]} is not up"
+    return f"dependencies {', '.join(names)} are not up"
 
 
 def apps_not_up(result: StepResult) -> set[str]:

@@ -90,6 +90,10 @@ def outcome_from_error(step: str, target: str, exc: BaseException, started: Any)
         else Status.FAILED
     )
     detail = str(exc) if isinstance(exc, OpenbellError) else f"{type(exc).__name__}: {exc}"
+    # "emea-app1:.: emea-app1: connect ..." says the host twice; keep the target once.
+    named = getattr(exc, "target", None)
+    if named and target.startswith(named) and detail.startswith(f"{named}: "):
+        detail = detail[len(named) + 2 :]
     evidence: dict[str, Any] = {"error": type(exc).__name__}
     if getattr(exc, "expected", None) is not None:  # FIX "MsgSeqNum too low, expecting N"
         evidence["expected_seq"] = exc.expected  # type: ignore[attr-defined]

@@ -1,0 +1,191 @@
+"""The CLI as a new user meets it: one-line errors with exit codes, plans, runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+
+import paramiko
+import pytest
+from typer.testing import CliRunner
+
+from deployments.cli import app
+from lab.faults import FaultBook
+from runbooks.schema import Estate
+from tasks import calendar
+
+LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
+runner = CliRunner()
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args))
+
+
+def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    """The error output must be one line, without a traceback."""
+    text = result.stderr.strip()
+    assert "Traceback" not in text and "Traceback" not in result.stdout
+    assert text.startswith("error: "), text
+    assert len(text.splitlines()) == 1, text
+    return text
+
+
+def test_validate_the_lab_estate() -> None:
+    result = invoke("validate", str(LAB))
+    assert result.exit_code == 0
+    assert "3 regions, 6 hosts, 15 apps, 6 FIX sessions" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("    port: 42211\n", "    port: [42211\n", ["malformed YAML", ":"]),
+        (
+            "    hosts: [emea-app1]\n",
+            "    hosts: [emea-app9]\n",
+            ["apps.emea-refdata.hosts[0]", "unknown host 'emea-app9'", "emea-app1, emea-gw1"],
+        ),
+        ("    timeout_s: 5\n", "    timeout_s: soon\n", ["timeout_s", "'soon'"]),
+    ],
+    ids=["broken-yaml", "unknown-host", "wrong-type"],
+)
+def test_validate_bad_estate_is_one_line_with_file_and_line(
+    tmp_path: Path, old: str, new: str, words: list[str]
+) -> None:
+    bad = tmp_path / "estate.yaml"
+    bad.write_text(LAB.read_text().replace(old, new, 1))
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert re.search(rf"{re.escape(str(bad))}:\d+: ", line), line
+    for word in words:
+        assert word in line
+
+
+def test_unknown_region_lists_the_valid_ones() -> None:
+    result = invoke("plan", "sod", "--region", "europe", "--estate", str(LAB))
+    assert result.exit_code == 1
+    assert "unknown region 'europe'; valid regions: amer, apac, emea" in one_error_line(result)
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "tomorrow", "24/11/2026"])
+def test_a_date_that_is_not_a_date(bad: str) -> None:
+    result = invoke("plan", "sod", "--region", "emea", "--date", bad, "--estate", str(LAB))
+    assert result.exit_code == 2
+    assert "is not a date; expected YYYY-MM-DD" in one_error_line(result)
+
+
+def test_unknown_runbook() -> None:
+    result = invoke("plan", "lunch", "--region", "emea", "--estate", str(LAB))
+    assert result.exit_code == 2
+    assert "unknown runbook 'lunch'; valid runbooks: sod" in one_error_line(result)
+
+
+def test_plan_prints_the_calendar_decision() -> None:
+    result = invoke("plan", "sod", "--region", "amer", "--date", "2026-11-26", "--estate", str(LAB))
+    assert result.exit_code == 0
+    assert (
+        "2026-11-26 is not an XNYS session (holiday: Thanksgiving): start of day skipped"
+        in result.stdout
+    )
+
+
+def test_plan_json_has_the_exact_commands() -> None:
+    result = invoke(
+        "plan", "sod", "--region", "emea", "--date", "2026-11-24", "--estate", str(LAB), "--json"
+    )
+    assert result.exit_code == 0
+    plan = json.loads(result.stdout)
+    assert plan["runs"] is True and plan["trade_date"] == "2026-11-24"
+    actions = [a["action"] for s in plan["steps"] for a in s["actions"]]
+    assert (
+        "ssh openbell@emea-gw1 (127.0.0.1:42212) $ test -d var/fix/store -a -w var/fix/store"
+        in actions
+    )
+
+
+def test_lab_fault_add_rejects_an_unknown_kind() -> None:
+    result = invoke("lab", "fault", "add", "meteor_strike", "emea-app1")
+    assert result.exit_code == 2
+    assert "unknown fault kind 'meteor_strike'; valid kinds:" in one_error_line(result)
+
+
+# ---- runs against the lab ------------------------------------------------------------
+@pytest.fixture
+def lab(prefect_server: str, lab_estate: tuple[Path, Estate], lab_faults: FaultBook):  # type: ignore[no-untyped-def]
+    return lab_estate[0], lab_estate[1], lab_faults
+
+
+def _day(estate: Estate) -> str:
+    return calendar.previous_session(
+        estate.region("emea").primary_calendar, date.today()
+    ).isoformat()
+
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.mark.integration
+def test_run_json_exit_code_follows_the_checks(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, book = lab
+    ok = invoke(
+        "run", "sod", "--region", "emea", "--date", _day(estate), "--estate", str(path), "--json"
+    )
+    assert ok.exit_code == 0, ok.stdout[-2000:]
+    record = json.loads(ok.stdout)
+    assert record["status"] in ("ok", "changed") and record["region"] == "emea"
+
+    book.add("stale_feed", sorted(estate.feeds_in("emea"))[0], seconds=120)
+    bad = invoke(
+        "run", "sod", "--region", "emea", "--date", _day(estate), "--estate", str(path), "--json"
+    )
+    assert bad.exit_code == 1
+    assert json.loads(bad.stdout)["status"] == "failed"
+
+
+@pytest.mark.integration
+def test_unreachable_host_and_wrong_host_key_are_named(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, estate, _ = lab
+    host = sorted(estate.hosts_in("emea"))[0]
+    # A known_hosts where every key is some other key: the run must refuse to log in.
+    other = paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else None
+    if other is None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        raw = (
+            ed25519.Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
+    else:
+        raw = f"{other.get_name()} {other.get_base64()}"
+    lines = [
+        f"{ln.split()[0]} {raw}"
+        for ln in Path(estate.known_hosts).read_text().splitlines()
+        if ln.strip()
+    ]
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text("\n".join(lines) + "\n")
+    text = path.read_text()
+    text = re.sub(r"(?m)^known_hosts: .*$", f"known_hosts: {wrong}", text)
+    text = text.replace(
+        f"    port: {estate.host(host).port}\n", "    port: 9\n", 1
+    )  # discard: closed
+    estate_file = tmp_path / "estate.yaml"
+    estate_file.write_text(text)
+
+    result = invoke(
+        "run", "sod", "--region", "emea", "--date", _day(estate), "--estate", str(estate_file)
+    )
+    assert result.exit_code == 1
+    out = " ".join(result.stdout.split())
+    assert host in out and "refused" in out.lower()
+    assert "host key" in out.lower()
+    assert "Traceback" not in result.stdout + result.stderr
