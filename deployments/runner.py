@@ -55,11 +55,13 @@ def run_runbook(
 
     from deployments.prefect_server import ensure_server
     from flows import common
-    from flows.common import RunParams
+    from flows.common import RunParams, today_in
     from flows.start_of_day import start_of_day
 
     loaded = load_estate(estate)
     loaded.region(region)
+    # Resolved here so that the Prefect run is named for its date, not "today".
+    trade_date = trade_date or today_in(loaded, region.lower())
     params = RunParams(
         region=region.lower(),
         trade_date=trade_date,

@@ -67,13 +67,13 @@ async def start_of_day(params: RunParams) -> RunRecord:
         record = record.model_copy(update={"plan": plan.model_dump(mode="json")})
         return await finish_run(ctx, record, [])
 
-    names = ["apps", "disk", "clock", "fix_store", "logs", "fix", "feeds", *SQL_STEPS, "alert_path"]
+    names = ["disk", "clock", "fix_store", "logs", "apps", "fix", "feeds", *SQL_STEPS, "alert_path"]
     results = await asyncio.gather(
-        _apps_in_order(ctx),
         check_disk(ctx),
         check_clock(ctx),
         check_fix_store(ctx),
         check_logs_rotated(ctx),
+        _apps_in_order(ctx),
         check_fix_sessions(ctx),
         check_feeds(ctx),
         *(check_database(ctx, step) for step in SQL_STEPS),

@@ -34,6 +34,13 @@ def lab(prefect_server: str, lab_estate: tuple[Path, Estate], lab_faults: FaultB
     return path, estate, lab_faults
 
 
+def read_flow_run(flow_run_id: str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
 def session_day(estate: Estate, region: str) -> date:
     """The last completed session of the region's primary calendar: always seeded."""
     return calendar.previous_session(estate.region(region).primary_calendar, date.today())
@@ -96,6 +103,11 @@ def test_run_starts_what_is_down_then_a_rerun_changes_nothing(lab) -> None:  # t
     assert "Start of day EMEA" in html and "FIX sessions logged on" in html
     sink = (get_settings().home / "notifications.jsonl").read_text()
     assert second.run_id in sink
+    # The run is on the Prefect server, named for its region and trade date.
+    assert second.flow_run_id == second.run_id
+    flow_run = read_flow_run(second.flow_run_id)
+    assert flow_run.name == f"sod-emea-{second.trade_date}"
+    assert flow_run.state is not None and flow_run.state.is_completed()
 
 
 def test_holiday_is_skipped_with_the_reason(lab) -> None:  # type: ignore[no-untyped-def]

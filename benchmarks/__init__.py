@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print their timings (tests never assert on wall time)."""
