@@ -121,6 +121,7 @@ def test_start_fails_clearly_when_the_port_is_taken(
     _, estate = lab_estate
     name, host = app
     port = int((estate.app(name).health_url or "").rsplit(":", 1)[1].split("/")[0])
+    ssh_run(estate, host, f"bin/appctl stop {name}")  # other tests share the lab's apps
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
