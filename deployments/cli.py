@@ -243,7 +243,13 @@ def fault_add(
         fault = FaultBook(get_settings().lab_dir / "faults.json").add(kind, target, **params)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    out.print(f"fault set: {fault.kind} on {fault.target} {fault.params or ''}")
+    from lab import supervisor
+
+    applied = supervisor.status(probe=False).running and supervisor.wait_faults_applied(
+        timeout_s=10
+    )
+    note = "" if applied else " (the lab is not running: it applies when it starts)"
+    out.print(f"fault set: {fault.kind} on {fault.target} {fault.params or ''}{note}")
 
 
 @command(fault_app, "clear")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openbell.outcome import utcnow
 from openbell.run import RunRecord, StepResult
-from openbell.secrets import redact
+from openbell.secrets import install_log_redaction, redact
 from openbell.settings import get_settings
 from runbooks.loader import load_estate
 from runbooks.schema import Estate
@@ -75,6 +75,7 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
     """Load the estate, decide the calendar gate, and build the run's resources."""
     from flows.plan import calendar_facts
 
+    install_log_redaction()
     logger = get_run_logger()
     settings = get_settings()
     estate = load_estate(params.estate)

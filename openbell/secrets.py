@@ -101,3 +101,19 @@ class RedactingFilter(logging.Filter):
             record.msg = red
             record.args = None
         return True
+
+
+_REDACTED_LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "openbell")
+
+
+def install_log_redaction() -> None:
+    """Put a RedactingFilter on every handler of the root and Prefect loggers (idempotent).
+
+    Filters on handlers, not loggers: a logger's filters do not see records that
+    propagate up from its children, a handler's do. This covers the console and the
+    handler that ships run logs to the Prefect server.
+    """
+    for name in _REDACTED_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
