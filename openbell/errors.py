@@ -20,6 +20,8 @@
      │    └── SqlError
      │         ├── ReadOnlyViolationError
      │         └── SqlTimeoutError
+     ├── NotEntitledError       an identity may not do that (names the rule, or default deny)
+     ├── ApprovalRuleError      the approvals on record do not satisfy four-eyes
      └── NotifyError            a notification could not be delivered (never fails a run)
 
 Every message says which target, what was tried, and what came back.
@@ -169,3 +171,45 @@ class SqlTimeoutError(SqlError):
 
 class NotifyError(OpenbellError):
     """A notification could not be delivered; recorded, never fails a run."""
+
+
+class NotEntitledError(OpenbellError):
+    """An identity is not entitled to an action on a runbook in a region.
+
+    Attributes:
+        who: the identity that asked.
+        action: ``plan``, ``run``, ``approve``, ``cancel``, ``audit`` or ``report``.
+        runbook: e.g. ``sod``.
+        region: e.g. ``emea``.
+        rule: ``file:line`` of the deny rule that decided it, or None for default deny.
+        reason: the human reason, also the message.
+    """
+
+    def __init__(
+        self, reason: str, *, who: str, action: str, runbook: str, region: str, rule: str | None
+    ) -> None:
+        self.who = who
+        self.action = action
+        self.runbook = runbook
+        self.region = region
+        self.rule = rule
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ApprovalRuleError(OpenbellError):
+    """The approvals on record do not satisfy the four-eyes rules for a step.
+
+    Attributes:
+        run_id: the run that asked for approval.
+        step: the step that needs it.
+        status: ``pending``, ``rejected`` or ``expired``.
+        reason: the human reason (who decided what, and why it does not count).
+    """
+
+    def __init__(self, reason: str, *, run_id: str, step: str, status: str) -> None:
+        self.run_id = run_id
+        self.step = step
+        self.status = status
+        self.reason = reason
+        super().__init__(f"run {run_id} step {step}: {reason}")
