@@ -1,8 +1,8 @@
 """Start of day built the naive way, one Prefect task per probe: the benchmark's baseline.
 
 This is what Prefect code usually looks like before anyone measures it: every target of
-every check is its own task run, submitted with ``.submit()`` to the flow's default
-``ThreadPoolTaskRunner`` (unbounded threads in Prefect 3.9), and every task is
+every check is its own task run, submitted with ``.submit()`` to the flow's
+``ThreadPoolTaskRunner`` (64 threads, as many as the real flow probes with), and every task is
 self-contained: it opens its own SSH connection (a fresh ``SshPool`` used for one
 host) or its own HTTP client, and closes it when it returns.
 
@@ -16,12 +16,13 @@ walk the whole estate model for every task's inputs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import RunParams, finish_run, open_run, run_namer
 from flows.plan import SQL_STEPS
@@ -181,7 +182,9 @@ def _collect(step: str, submitted: Submitted, started: Any, extra: list[Outcome]
     )
 
 
-def _submit_side_checks(estate: Estate, region: str, params: dict[str, Any], cutoff: int) -> dict[str, Submitted]:
+def _submit_side_checks(
+    estate: Estate, region: str, params: dict[str, Any], cutoff: int
+) -> dict[str, Submitted]:
     """Every check that does not wait for the app tiers, one task run per target."""
     th = estate.thresholds(region)
     hosts = sorted(estate.hosts_in(region).items())
@@ -192,7 +195,8 @@ def _submit_side_checks(estate: Estate, region: str, params: dict[str, Any], cut
             for p in h.disk_paths
         ],
         "clock": [
-            (n, naive_check_clock.submit(one_host(estate, n), n, th.clock_limit_us)) for n, _ in hosts
+            (n, naive_check_clock.submit(one_host(estate, n), n, th.clock_limit_us))
+            for n, _ in hosts
         ],
         "fix_store": [
             (n, naive_check_fix_store.submit(one_host(estate, n), n, h.fix_store_dir))
@@ -223,7 +227,21 @@ def _submit_side_checks(estate: Estate, region: str, params: dict[str, Any], cut
     return out
 
 
-@flow(name="start-of-day-naive", flow_run_name=run_namer("sod-naive"), log_prints=False)
+#: Threads for the task runs: the real flow's probe pool size (``RunContext.max_workers``).
+#: Prefect's default is unbounded; then every task run of the checklist starts at once and,
+#: measured here at 200 hosts, most SSH connects miss their 3 s deadline.
+NAIVE_THREADS = 64
+#: Typed loosely: Prefect's TaskRunner generic is invariant, so its own ThreadPoolTaskRunner
+#: (of PrefectConcurrentFuture) does not match what the flow decorator asks for.
+_RUNNER: Any = ThreadPoolTaskRunner(max_workers=NAIVE_THREADS)
+
+
+@flow(
+    name="start-of-day-naive",
+    flow_run_name=run_namer("sod-naive"),
+    log_prints=False,
+    task_runner=_RUNNER,
+)
 async def naive_start_of_day(params: RunParams) -> RunRecord:
     """The start-of-day checklist with one task run per probe (benchmark baseline)."""
     ctx, record = await open_run("sod", params)
@@ -248,16 +266,25 @@ async def naive_start_of_day(params: RunParams) -> RunRecord:
                 if blocked:
                     detail = f"not started: dependency {', '.join(blocked)} is not up"
                     skipped.append(
-                        Outcome(step="apps", target=f"{name}@{host}", status=Status.SKIPPED, detail=detail)
+                        Outcome(
+                            step="apps",
+                            target=f"{name}@{host}",
+                            status=Status.SKIPPED,
+                            detail=detail,
+                        )
                     )
                 else:
-                    future = naive_ensure_app_running.submit(one_host(estate, host), name, app, host)
+                    future = naive_ensure_app_running.submit(
+                        one_host(estate, host), name, app, host
+                    )
                     submitted.append((f"{name}@{host}", future))
         result = _collect("apps", submitted, tier_started, skipped)
-        result = result.model_copy(update={"name": f"apps_tier{tier}", "title": f"Apps running, tier {tier}"})
+        result = result.model_copy(
+            update={"name": f"apps_tier{tier}", "title": f"Apps running, tier {tier}"}
+        )
         not_up |= apps_not_up(result)
         steps.append(result)
 
     steps += [_collect(step, submitted, started, []) for step, submitted in side.items()]
-    steps.append(alert.result())
+    steps.append(cast(StepResult, alert.result()))
     return await finish_run(ctx, record, steps)
