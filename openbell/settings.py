@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     slack_token: SecretStr | None = Field(default=None, description="Slack bot token.")
     slack_base_url: str = Field(default="https://slack.com/api/")
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")
+    ledger_url: str | None = Field(
+        default=None, description="ledger database URL (default: SQLite under home)"
+    )
     operator: str | None = Field(default=None, description="Who runs the CLI (else $USER).")
 
     def model_post_init(self, __context: object) -> None:

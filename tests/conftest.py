@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.slack",
     "tests.fixtures.lab",
+    "tests.fixtures.ledger",
 ]
 
 
