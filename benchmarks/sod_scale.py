@@ -17,8 +17,8 @@ command, FIX message, feed and app HTTP) wait 50 ms, and prints:
    tiers; FIX sessions and feeds fixed at 50 and 20).
 
 It also prints where the CPU went (this process, the lab process with the commands it
-ran, the lab's app processes, the Prefect server), because on a small machine the lab
-competes with the client for the same cores.
+ran, the lab's app processes, the Prefect server, and any other process on the machine),
+because on a small machine the lab competes with the client for the same cores.
 
 Everything lives under a fresh ``OPENBELL_HOME`` in /tmp with its own Prefect server on
 a free loopback port; both are stopped at the end, and a watchdog ends the run if it
@@ -250,11 +250,23 @@ class CpuMeter:
             "lab": _proc_cpu(lab_pid, children=True) if lab_pid else 0.0,
             "apps": sum(_proc_cpu(p) for p in app_pids if p),
             "prefect": _proc_cpu(server, True) + sum(_proc_cpu(p) for p in _descendants(server)),
+            "machine": _machine_busy(),
         }
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {k: max(after[k] - before[k], 0.0) for k in before}
+        """CPU seconds per party between two samples; ``other`` is everyone else's."""
+        out = {k: max(after[k] - before[k], 0.0) for k in before if k != "machine"}
+        busy = after["machine"] - before["machine"]
+        out["other"] = max(busy - sum(out.values()), 0.0)
+        return out
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores, since boot)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 # ---- the lab -------------------------------------------------------------------------------------
@@ -610,6 +622,8 @@ class Benchmark:
         self.warm: Run | None = None
         self.app_mb: float | None = None
         self._closed = threading.Lock()
+        self._labs = threading.Lock()  # held while a lab goes up or down
+        self._closing = False
         self.t0 = time.perf_counter()
 
     def say(self, text: str = "") -> None:
@@ -617,32 +631,54 @@ class Benchmark:
 
     def note(self, text: str) -> None:
         """Progress, with the elapsed time, to stderr (the figures go to stdout)."""
-        print(f"[{time.perf_counter() - self.t0:6.1f}s] {text}", file=sys.stderr, flush=True)
+        # sys.__stderr__: runs redirect sys.stderr to a log (the console notifier's panels).
+        elapsed = time.perf_counter() - self.t0
+        print(f"[{elapsed:6.1f}s] {text}", file=sys.__stderr__, flush=True)
 
     def close(self) -> None:
         """Stop the lab and the Prefect server; safe to call twice, from any thread."""
         if not self._closed.acquire(blocking=False):
             return
+        with self._labs:  # a lab going up finishes first; after this none can start
+            self._closing = True
+            with contextlib.suppress(Exception):
+                from lab import supervisor
+
+                supervisor.down(self.home, timeout_s=20)
         if self.runner is not None:
             with contextlib.suppress(Exception):
                 self.runner.close()
-        with contextlib.suppress(Exception):
-            from lab import supervisor
-
-            supervisor.down(self.home, timeout_s=20)
         self.server.stop()
         if self.cfg.keep:
-            print(f"sod_scale: kept {self.home}", file=sys.stderr)
+            print(f"sod_scale: kept {self.home}", file=sys.__stderr__)
         else:
             shutil.rmtree(self.home, ignore_errors=True)
 
-    def watchdog(self) -> threading.Timer:
-        def abort() -> None:
-            print(f"sod_scale: aborted after {self.cfg.budget_s:g} s budget", file=sys.stderr)
-            self.close()
-            os._exit(3)
+    @property
+    def stopping(self) -> bool:
+        return self._closed.locked()
 
-        timer = threading.Timer(self.cfg.budget_s, abort)
+    def abort(self, why: str, status: int) -> None:
+        """Clean up and leave at once, whatever the main thread is doing."""
+        print(f"sod_scale: {why}; stopping the lab and the Prefect server", file=sys.__stderr__)
+        self.close()
+        os._exit(status)
+
+    def watchdog(self) -> threading.Timer:
+        """End the run if it overstays its budget, and on Ctrl-C or SIGTERM.
+
+        The signal handlers are ours because asyncio's (Ctrl-C cancels only the flow run
+        in progress) and Prefect's would let the benchmark go on to its next run.
+        """
+
+        def on_signal(signum: int, _: Any) -> None:
+            why = f"{signal.Signals(signum).name} received"
+            threading.Thread(target=self.abort, args=(why, 128 + signum)).start()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        budget = self.cfg.budget_s
+        timer = threading.Timer(budget, self.abort, (f"aborted after {budget:g} s budget", 3))
         timer.daemon = True
         timer.start()
         return timer
@@ -659,6 +695,11 @@ class Benchmark:
             f"{cfg.fix_sessions} FIX sessions, {cfg.feeds} feeds, one region ({REGION}); "
             f"every lab answer delayed {cfg.latency_ms} ms; {CORES} cores; "
             f"PREFECT_LOGGING_LEVEL={cfg.prefect_log_level}"
+        )
+        self.say(
+            "cpu s = CPU seconds used during a run by: client = this process (the flow), "
+            "lab = the lab process and the commands it ran, apps = the lab's app processes, "
+            "prefect = the Prefect server, other = every other process on the machine"
         )
         lab = self._lab(cfg.hosts)
         warm = self.warm = self.runner.real(lab, "warm-up")
@@ -731,13 +772,22 @@ class Benchmark:
         return 0
 
     def _lab(self, hosts: int) -> Lab:
-        if self.lab is not None:
-            self.lab.down()
+        """Replace the running lab (if any) with one of ``hosts`` hosts."""
+        self._drop_lab()
         cfg = self.cfg
-        self.lab = Lab(self.home, hosts, cfg.fix_sessions, cfg.feeds, cfg.latency_ms)
-        took = self.lab.up()
+        with self._labs:
+            if self._closing:
+                raise RuntimeError("the benchmark is stopping")
+            self.lab = Lab(self.home, hosts, cfg.fix_sessions, cfg.feeds, cfg.latency_ms)
+            took = self.lab.up()
         self.note(f"lab up: {hosts} hosts in {took:.1f} s")
         return self.lab
+
+    def _drop_lab(self) -> None:
+        with self._labs:
+            if self.lab is not None:
+                self.lab.down()
+                self.lab = None
 
     def _show_run(self, run: Run) -> None:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
@@ -808,7 +858,9 @@ class Benchmark:
         )
         self.say(
             f"the lab, its apps and the Prefect server used {others:.2f} s CPU on the same "
-            f"{CORES} cores; counting all CPU: {latency_s + (cpu_floor + others) / CORES:.2f} s"
+            f"{CORES} cores; the floor with their CPU counted too: "
+            f"{latency_s + (cpu_floor + others) / CORES:.2f} s "
+            f"(unrelated processes used {run.cpu['other']:.2f} s during the run)"
         )
         return floor_s
 
@@ -821,9 +873,7 @@ class Benchmark:
             if hosts == self.cfg.hosts:
                 out.append((hosts, self.warm, head))
                 continue
-            if self.lab is not None:
-                self.lab.down()
-                self.lab = None
+            self._drop_lab()
             need_mb = int(hosts * APPS_PER_HOST * app_mb * 1.5) + 2000
             if _available_mb() < need_mb:
                 self.say(
@@ -869,6 +919,10 @@ def main(argv: list[str] | None = None) -> int:
     timer = bench.watchdog()
     try:
         return bench.main()
+    except Exception:
+        if bench.stopping:  # the lab went away under an abort; the abort says why
+            return 130
+        raise
     finally:
         timer.cancel()
         bench.close()
