@@ -42,8 +42,10 @@ lab_app.add_typer(fault_app, name="fault")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a line longer than the terminal stays one line (paths and commands are
+# copied from here), and what a test or a script reads does not depend on its width.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 RUNBOOKS = {"sod": "start of day"}
 
