@@ -238,6 +238,31 @@ class Group(Model):
     members: list[str] = Field(default_factory=list)
 
 
+#: The runbooks openbell knows; ``runbooks:`` in the estate configures them by these names.
+RUNBOOK_NAMES = ("sod", "eod", "release", "certify")
+
+
+class ApprovalPolicy(Model):
+    """Which steps of a runbook wait for four-eyes approval before they change anything.
+
+    A listed step asks for approval only when it has something to change (an app to
+    start, a session to reset): a re-run that finds everything in place does not wait.
+    """
+
+    steps: list[str] = Field(min_length=1, description="step names, e.g. [apps]")
+    required_approvers: int = Field(default=1, ge=1, description="distinct persons")
+    ttl_minutes: float = Field(default=60.0, gt=0, description="unanswered: rejected after")
+    approver_group: str | None = Field(
+        default=None, description="default: the region's approver_group"
+    )
+
+
+class RunbookPolicy(Model):
+    """How one runbook behaves in this estate (``runbooks.<name>`` in the YAML)."""
+
+    approvals: ApprovalPolicy | None = None
+
+
 class Estate(Model):
     """Everything openbell knows about the trading estate."""
 
@@ -251,6 +276,7 @@ class Estate(Model):
     databases: dict[str, Database] = Field(default_factory=dict)
     people: dict[str, Person] = Field(default_factory=dict)
     groups: dict[str, Group] = Field(default_factory=dict)
+    runbooks: dict[str, RunbookPolicy] = Field(default_factory=dict)
     source: str | None = Field(default=None, exclude=True, description="the file it came from")
 
     # ---- lookups that name the valid choices on a miss ------------------------------
@@ -284,6 +310,10 @@ class Estate(Model):
 
     def databases_in(self, region: str) -> dict[str, Database]:
         return {n: d for n, d in self.databases.items() if d.region == region}
+
+    def policy(self, runbook: str) -> RunbookPolicy:
+        """The estate's settings for a runbook (defaults when it names none)."""
+        return self.runbooks.get(runbook) or RunbookPolicy()
 
     def thresholds(self, region: str) -> Thresholds:
         return self.region(region).thresholds
@@ -353,6 +383,19 @@ class Estate(Model):
                     raise UnknownNameError(
                         "person", m, list(self.people), key_path=f"groups.{gname}.members[{i}]"
                     )
+        for rb, policy in self.runbooks.items():
+            if rb not in RUNBOOK_NAMES:
+                raise UnknownNameError(
+                    "runbook", rb, list(RUNBOOK_NAMES), key_path=f"runbooks.{rb}"
+                )
+            group = policy.approvals.approver_group if policy.approvals else None
+            if group and self.groups and group not in self.groups:
+                raise UnknownNameError(
+                    "group",
+                    group,
+                    list(self.groups),
+                    key_path=f"runbooks.{rb}.approvals.approver_group",
+                )
         cycle = _find_cycle({n: a.depends_on for n, a in self.apps.items()})
         if cycle:
             raise EstateError(
