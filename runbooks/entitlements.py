@@ -332,6 +332,23 @@ def resolve_person(estate: Estate, identity: str) -> str | None:
     return identity_index(estate).get(identity)
 
 
+def entitlements_for(estate: Estate) -> Entitlements:
+    """The entitlements the estate names (``entitlements:`` in its YAML).
+
+    Raises:
+        EstateError: the estate names none (every action would be refused), or the file
+            is invalid (file, line and key path given).
+    """
+    if estate.entitlements is None:
+        raise EstateError(
+            "names no entitlements file, so every action is refused (default deny); "
+            "add `entitlements: entitlements.yaml` (see runbooks/entitlements.yaml)",
+            file=estate.source,
+            key_path="entitlements",
+        )
+    return load_entitlements(estate.entitlements, estate)
+
+
 def load_entitlements(path: str | Path, estate: Estate) -> Entitlements:
     """Read and validate an entitlements file against an estate.
 

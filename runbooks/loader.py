@@ -6,6 +6,7 @@ to the settings' home), so the lab's paths follow wherever it was started.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -60,6 +61,9 @@ def load_estate(path: str | Path | None = None) -> Estate:
         )
     data = _expand(data)
     data["source"] = str(file.resolve())
+    rules = data.get("entitlements")
+    if isinstance(rules, str) and not Path(rules).is_absolute():
+        data["entitlements"] = str(file.resolve().parent / rules)
     try:
         return Estate.model_validate(data)
     except ValidationError as exc:
@@ -134,3 +138,23 @@ def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
         else:
             return line
     return line
+
+
+def estate_version(estate: Estate) -> str:
+    """The version a run ran: openbell's and the sha256 of the estate file's bytes.
+
+    An approval is bound to it, so editing the estate after an approval voids it.
+
+    Example:
+        >>> estate_version(load_estate("runbooks/lab.yaml"))  # doctest: +ELLIPSIS
+        'openbell 0.1.0; estate sha256:...'
+    """
+    from openbell import __version__
+
+    digest = "unknown"
+    if estate.source:
+        try:
+            digest = hashlib.sha256(Path(estate.source).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise EstateError(f"cannot read: {exc.strerror}", file=estate.source) from None
+    return f"openbell {__version__}; estate sha256:{digest}"

@@ -268,6 +268,9 @@ class Estate(Model):
 
     version: Literal[1] = 1
     known_hosts: Path
+    entitlements: Path | None = Field(
+        default=None, description="who may do what (relative to this file); none: deny all"
+    )
     regions: dict[str, Region]
     hosts: dict[str, Host] = Field(default_factory=dict)
     apps: dict[str, App] = Field(default_factory=dict)
@@ -388,11 +391,11 @@ class Estate(Model):
                 raise UnknownNameError(
                     "runbook", rb, list(RUNBOOK_NAMES), key_path=f"runbooks.{rb}"
                 )
-            group = policy.approvals.approver_group if policy.approvals else None
-            if group and self.groups and group not in self.groups:
+            needs = policy.approvals.approver_group if policy.approvals else None
+            if needs and self.groups and needs not in self.groups:
                 raise UnknownNameError(
                     "group",
-                    group,
+                    needs,
                     list(self.groups),
                     key_path=f"runbooks.{rb}.approvals.approver_group",
                 )
