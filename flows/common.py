@@ -1,17 +1,20 @@
 """What every runbook flow does first and last: open the run, then report and notify.
 
-``open_run`` loads the estate, applies the calendar gate and builds the run's
-resources; ``finish_run`` writes the report and the run record, posts the Slack
-summary (a failure to notify is recorded, never raised) and closes the resources.
+``open_run`` loads the estate, applies the calendar gate, builds the run's resources and
+records the run and its plan in the ledger; ``run_steps`` runs the steps concurrently and
+records any that crashed; ``finish_run`` closes the run in the ledger, checkpoints the
+ledger's head, posts the Slack summary (a failure to notify is recorded, never raised),
+and writes the reports from the ledger alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,14 +24,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from openbell.outcome import utcnow
+from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
 from openbell.secrets import install_log_redaction, redact
 from openbell.settings import get_settings
-from runbooks.loader import load_estate
+from runbooks.loader import estate_version, load_estate
 from runbooks.schema import Estate
 from tasks import http, notify, report, ssh
-from tasks.context import ProgressFn, RunContext
+from tasks.context import ProgressFn, RunContext, in_thread
+from tasks.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +76,8 @@ def _resolve_date(estate: Estate, params: RunParams) -> date:
 
 @task(name="calendar_gate", cache_policy=NO_CACHE)
 async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunRecord]:
-    """Load the estate, decide the calendar gate, and build the run's resources."""
-    from flows.plan import calendar_facts
+    """Load the estate, decide the calendar gate, build the run's resources, record it."""
+    from flows.plan import PLANNERS, calendar_facts
 
     install_log_redaction()
     logger = get_run_logger()
@@ -84,6 +88,8 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
     day = _resolve_date(estate, params)
     runs, reason, facts = calendar_facts(estate, region, day)
     prev = facts.get("previous_session")
+    run_id = str(flow_run.id or uuid.uuid4())
+    version = estate_version(estate)
     ctx = RunContext(
         estate=estate,
         region=region,
@@ -94,8 +100,13 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
         notifier=notify.get_notifier(settings),
         operator=params.operator or settings.operator or getpass.getuser(),
         progress=progress_listener,
+        ledger=Ledger(),
+        run_id=run_id,
+        runbook=runbook,
+        parameters=params.model_dump(mode="json"),
+        runbook_version=version,
+        dry_run=params.dry_run,
     )
-    run_id = str(flow_run.id or uuid.uuid4())
     record = RunRecord(
         run_id=run_id,
         runbook=runbook,
@@ -108,6 +119,17 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
         estate_source=estate.source,
         flow_run_id=flow_run.id,
     )
+    plan = PLANNERS[runbook](estate, region, day)
+    record = record.model_copy(update={"plan": plan.model_dump(mode="json")})
+    ledger = ctx.ledger
+    await in_thread(
+        ctx,
+        ledger.start_run_from_record,
+        record,
+        parameters=ctx.parameters,
+        runbook_version=version,
+    )
+    await in_thread(ctx, ledger.record_plan, run_id, record.plan)
     if reason:
         logger.info("%s %s %s skipped: %s", runbook, region, day, reason)
     else:
@@ -118,25 +140,93 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
     return ctx, record
 
 
+async def run_steps(
+    ctx: RunContext, steps: Sequence[tuple[str, Awaitable[StepResult | list[StepResult]]]]
+) -> list[StepResult]:
+    """Run independent steps at once; a step whose task raised is recorded as failed.
+
+    Args:
+        ctx: the run.
+        steps: (name, awaitable) pairs; an awaitable gives one StepResult or several.
+
+    Returns:
+        Every StepResult, in the order given.
+    """
+    results = await asyncio.gather(*(work for _, work in steps), return_exceptions=True)
+    out: list[StepResult] = []
+    for (name, _), result in zip(steps, results, strict=True):
+        if isinstance(result, BaseException):
+            crashed = _crashed(name, result)
+            if ctx.ledger is not None:
+                await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, crashed)
+            out.append(crashed)
+        elif isinstance(result, list):
+            out.extend(result)
+        else:
+            out.append(result)
+    return out
+
+
+def _crashed(name: str, exc: BaseException) -> StepResult:
+    """A step whose task itself raised: recorded as failed, never lost."""
+    outcome = Outcome(
+        step=name,
+        target=name,
+        status=Status.FAILED,
+        detail=redact(f"step crashed: {type(exc).__name__}: {exc}"),
+    )
+    return StepResult(name=name, title=name, outcomes=[outcome])
+
+
 @task(name="signoff", cache_policy=NO_CACHE)
 async def finish_run(ctx: RunContext, record: RunRecord, steps: list[StepResult]) -> RunRecord:
-    """Sign-off: record every step, write the reports, post the Slack summary."""
+    """Sign-off: close the run in the ledger, checkpoint, notify, write the reports.
+
+    The reports are rendered from the ledger alone (``Ledger.load_run``), so
+    ``openbell report RUN`` later gives the same bytes.
+    """
     logger = get_run_logger()
     record = record.model_copy(update={"steps": steps, "finished_at": utcnow()})
     settings = get_settings()
+    ledger = ctx.ledger
     try:
+        await in_thread(
+            ctx,
+            ledger.finish_run,
+            ctx.run_id,
+            record.status,
+            finished_at=record.finished_at,
+            summary=_summary(record),
+        )
+        head = await in_thread(ctx, ledger.checkpoint)
         paths = report.report_paths(record, settings.reports_dir)
         record = record.model_copy(update={"reports": {k: str(v) for k, v in paths.items()}})
         if not record.dry_run:
             channel = ctx.estate.region(ctx.region).slack_channel
-            deliveries = notify.notify_run(ctx.notifier, channel, report.run_notice(record))
-            record = record.model_copy(update={"notifications": [_delivery(d) for d in deliveries]})
-        report.write_reports(record, settings.reports_dir)
+            notice = report.run_notice(record, ledger_head=f"{head['seq']} {head['hash']}")
+            deliveries = await in_thread(ctx, notify.notify_run, ctx.notifier, channel, notice)
+            for d in deliveries:
+                await in_thread(ctx, ledger.record_notification, ctx.run_id, _delivery(d))
+        stored = await in_thread(ctx, ledger.load_run, ctx.run_id)
+        written = report.write_reports(stored, settings.reports_dir)
+        for fmt, path in written.items():
+            await in_thread(ctx, ledger.record_report, ctx.run_id, fmt, path)
+        await in_thread(ctx, ledger.checkpoint)
+        record = stored.model_copy(
+            update={"reports": {k: str(v) for k, v in written.items()}, "plan": record.plan}
+        )
         _save_record(record, settings.runs_dir)
     finally:
         await ctx.close()
     logger.info("%s: %s; report %s", record.title, record.status.value, record.reports.get("html"))
     return record
+
+
+def _summary(record: RunRecord) -> str:
+    if record.skipped_reason:
+        return record.skipped_reason
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(record.counts().items()))
+    return f"{record.title}: {record.status.value} ({counts or 'no steps'})"
 
 
 def _delivery(d: Any) -> dict[str, Any]:

@@ -252,3 +252,7 @@ def _session_note(facts: dict[str, Any]) -> str:
     half = " (half day)" if facts.get("half_day") else ""
     hours = f"open {facts['open_local']}, close {facts['close_local']}"
     return f"{facts['calendar']} session: {hours}{half}"
+
+
+#: The plan builder of each runbook: (estate, region, trade date) -> Plan.
+PLANNERS = {"sod": build_sod_plan}

@@ -44,6 +44,13 @@ class RunContext:
             connection pool belongs to the loop that opened it.
         notifier: a ``Notifier``.
         max_workers: threads for blocking probes.
+        ledger: the run's ``tasks.ledger.Ledger`` (None in unit tests with fakes):
+            every finished step, approval and notification is appended as it happens.
+        run_id: the run's id in the ledger (its Prefect flow-run id).
+        runbook: e.g. ``sod``.
+        parameters: the run's parameters as JSON values (bound into approvals).
+        runbook_version: openbell's version and the estate file's sha256.
+        dry_run: plan only.
     """
 
     estate: Estate
@@ -57,6 +64,12 @@ class RunContext:
     max_workers: int = 64
     progress: ProgressFn | None = None
     sql_runners: dict[str, Any] = field(default_factory=dict)
+    ledger: Any = None
+    run_id: str = ""
+    runbook: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    runbook_version: str = ""
+    dry_run: bool = False
     _pool: ThreadPoolExecutor | None = None
 
     @property
@@ -78,6 +91,8 @@ class RunContext:
                 await asyncio.get_running_loop().run_in_executor(self.pool, closer)
         for runner in self.sql_runners.values():
             runner.close()
+        if self.ledger is not None:
+            self.ledger.close()
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
 

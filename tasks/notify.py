@@ -132,6 +132,8 @@ class RunNotice:
         steps: each step; plain ``(name, status, detail, [(target, status, detail)])``
             tuples are accepted.
         report_path: where the report is, if written.
+        ledger_head: the ledger's head after the run finished, ``"<seq> <hash>"``: a
+            copy of the checkpoint outside the ledger's database.
     """
 
     runbook: str
@@ -144,6 +146,7 @@ class RunNotice:
     finished: datetime | None = None
     steps: Sequence[StepNotice] = field(default_factory=list)
     report_path: str | Path | None = None
+    ledger_head: str | None = None
 
 
 # --------------------------------------------------------------------------- notifiers
@@ -418,6 +421,8 @@ def summary_message(notice: RunNotice) -> tuple[str, list[dict[str, Any]]]:
         context.append(f"took {_duration(notice.finished - notice.started)}")
     if notice.report_path:
         context.append(f"report `{_esc(str(notice.report_path))}`")
+    if notice.ledger_head:
+        context.append(f"ledger head `{_esc(notice.ledger_head)}`")
     blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join(context))]})
     text = _clip(redact(f"{emoji} {notice.title}: {status.value.upper()}"), MAX_FALLBACK_TEXT)
     return text, blocks

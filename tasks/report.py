@@ -90,7 +90,7 @@ def write_reports(record: RunRecord, reports_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def run_notice(record: RunRecord) -> Any:
+def run_notice(record: RunRecord, ledger_head: str | None = None) -> Any:
     """The Slack summary of a run (one message, threaded detail for problems)."""
     from tasks.notify import RunNotice, StepNotice, TargetNotice
 
@@ -116,4 +116,5 @@ def run_notice(record: RunRecord) -> Any:
         finished=record.finished_at or record.started_at,
         steps=steps,
         report_path=record.reports.get("html"),
+        ledger_head=ledger_head,
     )

@@ -175,6 +175,16 @@ def run_record(run_id: str, entries: Iterable[Any]) -> RunRecord:
             fields["finished_at"] = p.get("finished_at")
     if fields is None:
         raise LedgerError(f"run {run_id!r} has no run_started entry in the ledger")
+    steps = in_plan_order(steps, fields.get("plan"))
     return RunRecord.model_validate(
         {**fields, "steps": steps, "notifications": notifications, "reports": reports}
     )
+
+
+def in_plan_order(steps: list[StepResult], plan: Mapping[str, Any] | None) -> list[StepResult]:
+    """Steps in the order the run's plan lists them (the runbook's order), not the order
+    they happened to finish in; steps the plan does not name keep their place at the end.
+    """
+    names = [s.get("name") for s in (plan or {}).get("steps", [])]
+    rank = {name: i for i, name in enumerate(names)}
+    return sorted(steps, key=lambda s: rank.get(s.name, len(rank)))
