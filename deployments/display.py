@@ -19,6 +19,7 @@ STYLE = {
     "failed": "bold red",
     "unknown": "yellow",
     "running": "cyan",
+    "waiting": "bold magenta",
 }
 
 
@@ -87,6 +88,13 @@ class Progress:
     def __call__(self, step: str, event: str, detail: Any) -> None:
         if event == "start":
             self.rows[step] = (str(detail), "running", "")
+        elif event in ("waiting", "decided"):
+            status = "waiting" if event == "waiting" else "approval"
+            self.rows[f"approval:{step}"] = (f"Approval of {step}", status, str(detail))
+            if not self.live:
+                line = Text(f"{status:>8}  ", style=STYLE.get(status, ""))
+                line.append(f"approval of {step}: {detail}")
+                self.console.print(line, soft_wrap=True)
         elif isinstance(detail, StepResult):
             self.rows[step] = (detail.title, detail.status.value, detail.summary())
             if not self.live:

@@ -46,11 +46,22 @@ async def _verify(
     return True, f"healthy, version {version}" if version else "healthy", evidence
 
 
-async def _ensure_one(ctx: RunContext, http: Any, name: str, app: App, host: str) -> Outcome:
+async def _ensure_one(
+    ctx: RunContext, http: Any, name: str, app: App, host: str, refused: str | None
+) -> Outcome:
     started = utcnow()
     target = f"{name}@{host}"
     status = await in_thread(ctx, ctx.ssh.run, host, app.status)
     changed = False
+    if not status.ok and refused:
+        return Outcome(
+            step="apps",
+            target=target,
+            status=Status.FAILED,
+            started_at=started,
+            detail=f"down; {refused}",
+            evidence={"status_exit": status.exit_status},
+        )
     if not status.ok:
         res = await in_thread(ctx, ctx.ssh.run, host, app.start, timeout=app.start_timeout_s)
         if not res.ok:
@@ -91,7 +102,11 @@ async def _ensure_one(ctx: RunContext, http: Any, name: str, app: App, host: str
     task_run_name="ensure_apps_running[tier {tier}]",
 )
 async def ensure_apps_running(
-    ctx: RunContext, tier: int, apps: list[str], failed: set[str]
+    ctx: RunContext,
+    tier: int,
+    apps: list[str],
+    failed: set[str],
+    refused: dict[str, str] | None = None,
 ) -> StepResult:
     """Make every app of one dependency tier run and verify it.
 
@@ -100,7 +115,10 @@ async def ensure_apps_running(
         tier: tier number (0 starts first), for names only.
         apps: the apps of this tier.
         failed: apps of earlier tiers that did not come up; their dependents are skipped.
+        refused: ``app@host`` targets that must not be started, with the reason (their
+            start was not approved); found down, they fail with it.
     """
+    refused = refused or {}
     skipped: list[Outcome] = []
     targets: list[tuple[str, tuple[str, App, str]]] = []
     for name in apps:
@@ -122,14 +140,41 @@ async def ensure_apps_running(
     async def work() -> list[Outcome]:
         async with ctx.http() as http:
 
-            async def probe(_: str, item: tuple[str, App, str]) -> Outcome:
-                return await _ensure_one(ctx, http, *item)
+            async def probe(target: str, item: tuple[str, App, str]) -> Outcome:
+                return await _ensure_one(ctx, http, *item, refused.get(target))
 
             return skipped + await fan_out("apps", targets, probe)
 
     return await timed_step(
         ctx, f"apps_tier{tier}", f"Apps running, tier {tier}: {', '.join(apps)}", work()
     )
+
+
+@task(name="apps_down", cache_policy=NO_CACHE)
+async def apps_down(ctx: RunContext) -> list[str]:
+    """The ``app@host`` targets of the region whose status command says not running.
+
+    Read before asking for approval to start them; a target whose status cannot be read
+    is left to ``ensure_apps_running``, which reports why.
+    """
+    targets = [
+        (f"{name}@{host}", (app, host))
+        for name, app in sorted(ctx.estate.apps_in(ctx.region).items())
+        for host in app.hosts
+    ]
+
+    async def probe(target: str, item: tuple[App, str]) -> Outcome:
+        app, host = item
+        res = await in_thread(ctx, ctx.ssh.run, host, app.status)
+        return Outcome(
+            step="apps_down",
+            target=target,
+            status=Status.OK if res.ok else Status.CHANGED,
+            detail="running" if res.ok else f"down (status exited {res.exit_status})",
+        )
+
+    found = await fan_out("apps_down", targets, probe)
+    return [o.target for o in found if o.status == Status.CHANGED]
 
 
 def _deps_not_up(names: list[str]) -> str:
