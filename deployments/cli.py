@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
 
 import functools
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -36,8 +37,10 @@ app = typer.Typer(
 )
 lab_app = typer.Typer(help="The simulated trading estate.", no_args_is_help=True)
 fault_app = typer.Typer(help="Inject faults into the running lab.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check and export the run ledger.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 lab_app.add_typer(fault_app, name="fault")
+app.add_typer(audit_app, name="audit")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,6 +60,10 @@ EstateOpt = Annotated[
     Path | None, typer.Option("--estate", help="estate YAML (default OPENBELL_ESTATE)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+AsOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="who you are (default: OPENBELL_OPERATOR, else your login)"),
+]
 
 
 class CliError(OpenbellError):
@@ -117,6 +124,35 @@ def check_runbook(runbook: str) -> str:
     return key
 
 
+def whoami(given: str | None) -> str:
+    """The identity a command acts as: ``--as``, else OPENBELL_OPERATOR, else the login."""
+    return given or get_settings().operator or getpass.getuser()
+
+
+def require_entitled(
+    estate: Any, who: str, action: str, runbook: str, region: str, run_id: str | None = None
+) -> None:
+    """Refuse (and record the refusal in the ledger) unless the rules allow it."""
+    from runbooks.entitlements import entitlements_for
+    from tasks.ledger import Ledger
+
+    decision = entitlements_for(estate).decide(who, action, runbook, region)
+    if decision.allowed:
+        return
+    with Ledger() as ledger:
+        ledger.record_refusal(
+            who=who,
+            action=action,
+            runbook=runbook,
+            region=region.lower(),
+            reason=decision.reason,
+            rule=decision.rule,
+            run_id=run_id,
+        )
+    hint = "" if decision.person else " (say who you are with --as or OPENBELL_OPERATOR)"
+    raise OpenbellError(f"refused: {decision.reason}{hint}")
+
+
 @command(app)
 def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = None) -> None:
     """Check an estate file: schema, cross-references, dependency cycles."""
@@ -138,6 +174,7 @@ def plan(
     day: DateOpt = None,
     estate_path: EstateOpt = None,
     as_json: JsonOpt = False,
+    who: AsOpt = None,
 ) -> None:
     """Print what a run would do, touching nothing."""
     from deployments.display import plan_renderable
@@ -149,6 +186,7 @@ def plan(
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
+    require_entitled(estate, whoami(who), "plan", runbook.lower(), region)
     the_plan = build_sod_plan(
         estate, region.lower(), trade_date or today_in(estate, region.lower())
     )
@@ -168,13 +206,18 @@ def run(
         bool, typer.Option("--dry-run", help="plan and record, touch nothing")
     ] = False,
     as_json: JsonOpt = False,
-    operator: Annotated[str | None, typer.Option("--as", help="operator name")] = None,
+    who: AsOpt = None,
 ) -> None:
     """Run a runbook as a Prefect flow; exit 0 only when every check passed."""
     from deployments import runner
+    from runbooks.loader import load_estate
 
     check_runbook(runbook)
     trade_date = parse_date(day)
+    estate = load_estate(estate_path)
+    estate.region(region)
+    operator = whoami(who)
+    require_entitled(estate, operator, "run", runbook.lower(), region)
     record = runner.run_runbook(
         runbook,
         region,
@@ -194,6 +237,214 @@ def run(
             if kind in record.reports:
                 out.print(f"report ({kind}): {record.reports[kind]}")
     raise typer.Exit(0 if record.passed else 1)
+
+
+# ---- approvals ---------------------------------------------------------------------------
+Reason = Annotated[str, typer.Option("--reason", help="your justification (kept in the ledger)")]
+StepOpt = Annotated[str | None, typer.Option("--step", help="the step, if the run has several")]
+
+
+def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str) -> None:
+    from runbooks.entitlements import entitlements_for
+    from runbooks.loader import load_estate
+    from tasks.approval_gate import decide, resume_run
+    from tasks.ledger import Ledger
+
+    approver = whoami(who)
+    with Ledger() as ledger:
+        run_id, started = _find_run(ledger, run)
+        estate = load_estate(started.get("estate_source"))
+        runbook, region = started["runbook"], started["region"]
+        require_entitled(estate, approver, "approve", runbook, region, run_id=run_id)
+        decided = decide(
+            ledger,
+            estate,
+            entitlements_for(estate),
+            run_id=run_id,
+            approver=approver,
+            decision="reject" if verb == "reject" else "approve",
+            justification=reason,
+            step=step,
+            via="cli",
+        )
+    req = decided.request.request
+    out.print(
+        f"[green]{verb}d[/] {runbook} {region.upper()} {started['trade_date']} step {req.step} "
+        f"(run {run_id}) as {approver}: {decided.verdict.status}: {decided.verdict.reason}"
+    )
+    flow_run_id = started.get("flow_run_id")
+    if flow_run_id:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from deployments.prefect_server import ensure_server
+
+        with temporary_settings({PREFECT_API_URL: ensure_server()}):
+            out.print(resume_run(flow_run_id, decided, approver, verb))
+
+
+def _find_run(ledger: Any, ref: str) -> tuple[str, dict[str, Any]]:
+    """A run by id, unique id prefix, or name (``sod-emea-2026-11-27``: the latest)."""
+    starts = ledger.entries(kinds=["run_started"])
+    exact = [e for e in starts if e.run_id == ref]
+    if not exact:
+        exact = (
+            [e for e in starts if e.run_id and e.run_id.startswith(ref)] if len(ref) >= 6 else []
+        )
+    if not exact:
+        named = [
+            e
+            for e in starts
+            if f"{e.payload['runbook']}-{e.payload['region']}-{e.payload['trade_date']}" == ref
+        ]
+        exact = named[-1:]
+    ids = {e.run_id for e in exact}
+    if not ids:
+        raise CliError(
+            f"no run {ref!r} in the ledger; give a run id (or 6+ characters of it) or a "
+            "run name such as sod-emea-2026-11-27 (`openbell approvals` lists waiting runs)"
+        )
+    if len(ids) > 1:
+        raise CliError(f"{ref!r} matches {len(ids)} runs: {', '.join(sorted(map(str, ids)))}")
+    entry = exact[-1]
+    return str(entry.run_id), dict(entry.payload)
+
+
+@command(app)
+def approve(
+    run: Annotated[str, typer.Argument(help="run id, id prefix, or name like sod-emea-2026-11-27")],
+    reason: Reason,
+    step: StepOpt = None,
+    who: AsOpt = None,
+) -> None:
+    """Approve a step a run is waiting on (four-eyes: never your own run)."""
+    _decide(run, step, who, "approve", reason)
+
+
+@command(app)
+def reject(
+    run: Annotated[str, typer.Argument(help="run id, id prefix, or name like sod-emea-2026-11-27")],
+    reason: Reason,
+    step: StepOpt = None,
+    who: AsOpt = None,
+) -> None:
+    """Reject a step a run is waiting on; the run then changes nothing there."""
+    if not reason.strip():
+        raise CliError("a reject needs a justification: --reason '...'")
+    _decide(run, step, who, "reject", reason)
+
+
+@command(app)
+def approvals(as_json: JsonOpt = False) -> None:
+    """List the approval requests that are waiting, with the command to answer each."""
+    from tasks.approval_gate import pending_requests
+    from tasks.ledger import Ledger
+
+    with Ledger() as ledger:
+        waiting = pending_requests(ledger)
+    rows = [
+        {
+            "run_id": r.request.run_id,
+            "runbook": r.request.runbook,
+            "region": r.request.region,
+            "step": r.request.step,
+            "requester": r.request.requester,
+            "approver_group": r.request.approver_group,
+            "required": r.request.required_approvers,
+            "decisions": len(r.decisions),
+            "expires_at": r.request.expires_at.isoformat(),
+            "binding_hash": r.request.binding_hash,
+            "summary": r.summary,
+        }
+        for r in waiting
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no approval requests waiting")
+    for row in rows:
+        out.print(
+            f"{row['runbook']} {str(row['region']).upper()} step {row['step']}: {row['summary']} "
+            f"(requested by {row['requester']}, {row['required']} from {row['approver_group']}, "
+            f"expires {row['expires_at']})\n  openbell approve {row['run_id']} "
+            f"--step {row['step']} --as <you> --reason '...'"
+        )
+
+
+# ---- the ledger ----------------------------------------------------------------------------
+def _require_audit(who: str | None, everywhere: bool, estate_path: Path | None) -> None:
+    """``audit`` rights: somewhere to verify, everywhere to export (the content itself)."""
+    from runbooks.entitlements import RUNBOOKS, entitlements_for
+    from runbooks.loader import load_estate
+
+    estate = load_estate(estate_path)
+    ents = entitlements_for(estate)
+    me = whoami(who)
+    cells = [(rb, r) for rb in RUNBOOKS for r in estate.regions]
+    allowed = [ents.decide(me, "audit", rb, r).allowed for rb, r in cells]
+    if all(allowed) or (any(allowed) and not everywhere):
+        return
+    rb, r = next(c for c, ok in zip(cells, allowed, strict=True) if not ok)
+    require_entitled(estate, me, "audit", rb, r)
+
+
+@command(audit_app, "verify")
+def audit_verify(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="checkpoint file (default: the reports' ledger-checkpoints.jsonl)"),
+    ] = None,
+    as_json: JsonOpt = False,
+    who: AsOpt = None,
+    estate_path: EstateOpt = None,
+) -> None:
+    """Walk the ledger's hash chain: OK, or the first bad entry and its position."""
+    from tasks.ledger import Ledger
+
+    _require_audit(who, everywhere=False, estate_path=estate_path)
+    default = get_settings().reports_dir / "ledger-checkpoints.jsonl"
+    cps = checkpoint or (default if default.exists() else None)
+    with Ledger() as ledger:
+        result = ledger.verify(checkpoint=cps)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict(), default=str))
+    elif result.ok:
+        out.print(f"[green]{result.describe()}[/]" + (f" (checkpoints: {cps})" if cps else ""))
+    if not result.ok:
+        if not as_json:
+            err.print(f"[bold red]{result.describe()}[/]", highlight=False)
+        raise typer.Exit(1)
+
+
+@command(audit_app, "export")
+def audit_export(
+    output: Annotated[Path, typer.Option("--out", "-o", help="bundle file to write")],
+    start: Annotated[str | None, typer.Option("--from", help="YYYY-MM-DD (UTC), inclusive")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="YYYY-MM-DD (UTC), exclusive")] = None,
+    who: AsOpt = None,
+    estate_path: EstateOpt = None,
+) -> None:
+    """Write the entries of a date range as a bundle that verifies offline."""
+    from tasks.ledger import Ledger, verify_bundle
+
+    _require_audit(who, everywhere=True, estate_path=estate_path)
+    start_d, end_d = parse_date(start), parse_date(end)
+    with Ledger() as ledger:
+        path = ledger.export(output, start_d, end_d)
+    result = verify_bundle(path)
+    out.print(f"wrote {path}: {result.describe()}")
+
+
+@command(audit_app, "verify-bundle")
+def audit_verify_bundle(bundle: Annotated[Path, typer.Argument(help="an exported bundle")]) -> None:
+    """Verify an exported bundle offline (no database needed)."""
+    from tasks.ledger import verify_bundle
+
+    result = verify_bundle(bundle)
+    if not result.ok:
+        err.print(f"[bold red]{result.describe()}[/]", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"[green]{result.describe()}[/]")
 
 
 @command(lab_app, "up")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -66,26 +68,39 @@ def test_validate_bad_estate_is_one_line_with_file_and_line(
 
 
 def test_unknown_region_lists_the_valid_ones() -> None:
-    result = invoke("plan", "sod", "--region", "europe", "--estate", str(LAB))
+    result = invoke("plan", "sod", "--region", "europe", "--estate", str(LAB), "--as", "carol")
     assert result.exit_code == 1
     assert "unknown region 'europe'; valid regions: amer, apac, emea" in one_error_line(result)
 
 
 @pytest.mark.parametrize("bad", ["2026-13-01", "tomorrow", "24/11/2026"])
 def test_a_date_that_is_not_a_date(bad: str) -> None:
-    result = invoke("plan", "sod", "--region", "emea", "--date", bad, "--estate", str(LAB))
+    result = invoke(
+        "plan", "sod", "--region", "emea", "--date", bad, "--estate", str(LAB), "--as", "carol"
+    )
     assert result.exit_code == 2
     assert "is not a date; expected YYYY-MM-DD" in one_error_line(result)
 
 
 def test_unknown_runbook() -> None:
-    result = invoke("plan", "lunch", "--region", "emea", "--estate", str(LAB))
+    result = invoke("plan", "lunch", "--region", "emea", "--estate", str(LAB), "--as", "carol")
     assert result.exit_code == 2
     assert "unknown runbook 'lunch'; valid runbooks: sod" in one_error_line(result)
 
 
 def test_plan_prints_the_calendar_decision() -> None:
-    result = invoke("plan", "sod", "--region", "amer", "--date", "2026-11-26", "--estate", str(LAB))
+    result = invoke(
+        "plan",
+        "sod",
+        "--region",
+        "amer",
+        "--date",
+        "2026-11-26",
+        "--estate",
+        str(LAB),
+        "--as",
+        "carol",
+    )
     assert result.exit_code == 0
     assert (
         "2026-11-26 is not an XNYS session (holiday: Thanksgiving): start of day skipped"
@@ -95,7 +110,17 @@ def test_plan_prints_the_calendar_decision() -> None:
 
 def test_plan_json_has_the_exact_commands() -> None:
     result = invoke(
-        "plan", "sod", "--region", "emea", "--date", "2026-11-24", "--estate", str(LAB), "--json"
+        "plan",
+        "sod",
+        "--region",
+        "emea",
+        "--date",
+        "2026-11-24",
+        "--estate",
+        str(LAB),
+        "--json",
+        "--as",
+        "carol",
     )
     assert result.exit_code == 0
     plan = json.loads(result.stdout)
@@ -105,6 +130,79 @@ def test_plan_json_has_the_exact_commands() -> None:
         "ssh openbell@emea-gw1 (127.0.0.1:42212) $ test -d var/fix/store -a -w var/fix/store"
         in actions
     )
+
+
+def test_who_may_not_is_refused_in_one_line_and_the_refusal_is_in_the_ledger() -> None:
+    from tasks.ledger import Ledger
+
+    result = invoke("plan", "sod", "--region", "emea", "--estate", str(LAB), "--as", "mallory")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "refused: 'mallory' may not plan sod in emea" in line
+    assert "--as or OPENBELL_OPERATOR" in line
+    result = invoke("run", "sod", "--region", "amer", "--estate", str(LAB), "--as", "erin")
+    assert result.exit_code == 1
+    assert "erin may not run sod in amer: denied by" in one_error_line(result)
+    with Ledger() as ledger:
+        refusals = [e.payload for e in ledger.entries(kinds=["refusal"])]
+    assert {"who": "erin", "action": "run", "runbook": "sod", "region": "amer"}.items() <= (
+        refusals[-1].items()
+    )
+    assert refusals[-1]["rule"].endswith("entitlements.yaml:64")
+    assert any(r["who"] == "mallory" and r["action"] == "plan" for r in refusals)
+
+
+def test_audit_verify_finds_a_row_altered_with_sqlite3(tmp_path: Path) -> None:
+    from openbell.settings import get_settings
+    from tasks.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Ledger(url) as ledger:
+        for i in range(12):
+            ledger.append("note", None, {"n": i})
+    env = {"OPENBELL_LEDGER_URL": url, "OPENBELL_HOME": str(tmp_path)}
+    get_settings.cache_clear()
+    ok = runner.invoke(app, ["audit", "verify", "--as", "carol", "--estate", str(LAB)], env=env)
+    assert ok.exit_code == 0, ok.stderr
+    assert "OK: 12 entries" in ok.stdout
+    # What a database owner could do behind openbell's back: drop the guard, edit a row.
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            db.execute(f'DROP TRIGGER "{name}"')
+        db.execute("""UPDATE entries SET payload = '{"n":700}' WHERE seq = 7""")
+    get_settings.cache_clear()
+    bad = runner.invoke(app, ["audit", "verify", "--as", "carol", "--estate", str(LAB)], env=env)
+    assert bad.exit_code == 1
+    assert "BROKEN at entry 7: altered" in bad.stderr
+    get_settings.cache_clear()
+    denied = runner.invoke(app, ["audit", "verify", "--as", "bob", "--estate", str(LAB)], env=env)
+    assert denied.exit_code == 1
+    assert "bob may not audit" in one_error_line(denied)
+
+
+def test_audit_export_writes_a_bundle_that_verifies_offline(tmp_path: Path) -> None:
+    from openbell.settings import get_settings
+    from tasks.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Ledger(url) as ledger:
+        for i in range(5):
+            ledger.append("note", None, {"n": i})
+    get_settings.cache_clear()
+    bundle = tmp_path / "bundle.json"
+    result = runner.invoke(
+        app,
+        ["audit", "export", "--out", str(bundle), "--as", "carol", "--estate", str(LAB)],
+        env={"OPENBELL_LEDGER_URL": url, "OPENBELL_HOME": str(tmp_path)},
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "OK: 5 entries" in result.stdout
+    data = json.loads(bundle.read_text())
+    data["entries"][2]["payload"] = {"n": 3}
+    bundle.write_text(json.dumps(data))
+    broken = runner.invoke(app, ["audit", "verify-bundle", str(bundle)])
+    assert broken.exit_code == 1
+    assert "BROKEN at entry 3" in broken.stderr
 
 
 def test_lab_fault_add_rejects_an_unknown_kind() -> None:
@@ -134,7 +232,17 @@ pytestmark = pytest.mark.filterwarnings(
 def test_run_json_exit_code_follows_the_checks(lab) -> None:  # type: ignore[no-untyped-def]
     path, estate, book = lab
     ok = invoke(
-        "run", "sod", "--region", "emea", "--date", _day(estate), "--estate", str(path), "--json"
+        "run",
+        "sod",
+        "--region",
+        "emea",
+        "--date",
+        _day(estate),
+        "--estate",
+        str(path),
+        "--json",
+        "--as",
+        "emea-oncall",
     )
     assert ok.exit_code == 0, ok.stdout[-2000:]
     record = json.loads(ok.stdout)
@@ -142,7 +250,17 @@ def test_run_json_exit_code_follows_the_checks(lab) -> None:  # type: ignore[no-
 
     book.add("stale_feed", sorted(estate.feeds_in("emea"))[0], seconds=120)
     bad = invoke(
-        "run", "sod", "--region", "emea", "--date", _day(estate), "--estate", str(path), "--json"
+        "run",
+        "sod",
+        "--region",
+        "emea",
+        "--date",
+        _day(estate),
+        "--estate",
+        str(path),
+        "--json",
+        "--as",
+        "emea-oncall",
     )
     assert bad.exit_code == 1
     assert json.loads(bad.stdout)["status"] == "failed"
@@ -180,9 +298,19 @@ def test_unreachable_host_and_wrong_host_key_are_named(lab, tmp_path: Path) -> N
     )  # discard: closed
     estate_file = tmp_path / "estate.yaml"
     estate_file.write_text(text)
+    shutil.copy(path.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
 
     result = invoke(
-        "run", "sod", "--region", "emea", "--date", _day(estate), "--estate", str(estate_file)
+        "run",
+        "sod",
+        "--region",
+        "emea",
+        "--date",
+        _day(estate),
+        "--estate",
+        str(estate_file),
+        "--as",
+        "emea-oncall",
     )
     assert result.exit_code == 1
     out = " ".join(result.stdout.split())
