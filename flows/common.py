@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
-from openbell.secrets import install_log_redaction, redact
+from openbell.secrets import install_log_redaction, preload, redact
 from openbell.settings import get_settings
 from runbooks.loader import estate_version, load_estate
 from runbooks.schema import Estate
@@ -85,6 +85,9 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
     estate = load_estate(params.estate)
     region = params.region.lower()
     estate.region(region)
+    missing = await asyncio.to_thread(preload, estate.secret_names(region))
+    if missing:
+        logger.warning("secrets not found (the steps using them will fail): %s", missing)
     day = _resolve_date(estate, params)
     runs, reason, facts = calendar_facts(estate, region, day)
     prev = facts.get("previous_session")

@@ -72,6 +72,23 @@ def resolve(name: str) -> SecretStr:
     return SecretStr(value)
 
 
+def preload(names: list[str]) -> list[str]:
+    """Resolve secrets now, so that ``redact`` knows them before any text is written.
+
+    A run calls this first with every secret its region references: a step that fails
+    before it resolves its own secret (or a remote command that echoes one) is then
+    redacted too. Secrets that cannot be resolved are returned, not raised: the step
+    that needs one reports it.
+    """
+    missing = []
+    for name in names:
+        try:
+            resolve(name)
+        except SecretNotFoundError:
+            missing.append(name)
+    return missing
+
+
 def _block_name(name: str) -> str:
     return name.lower().replace("_", "-")
 

@@ -314,6 +314,14 @@ class Estate(Model):
     def databases_in(self, region: str) -> dict[str, Database]:
         return {n: d for n, d in self.databases.items() if d.region == region}
 
+    def secret_names(self, region: str) -> list[str]:
+        """The secrets the region's databases and FIX sessions reference, sorted."""
+        names = {d.url_secret for d in self.databases_in(region).values() if d.url_secret}
+        names |= {
+            s.password_secret for s in self.fix_sessions_in(region).values() if s.password_secret
+        }
+        return sorted(names)
+
     def policy(self, runbook: str) -> RunbookPolicy:
         """The estate's settings for a runbook (defaults when it names none)."""
         return self.runbooks.get(runbook) or RunbookPolicy()
