@@ -1,37 +1,119 @@
-"""``make demo``: start the lab and a local Prefect server, run start of day everywhere.
+"""``make demo``: the lab, a local Prefect server, and start of day everywhere, with four eyes.
 
 1. validate the lab estate (runbooks/lab.yaml);
 2. start the lab (SSH hosts, FIX venue, market-data feed, OMS databases);
 3. start a local Prefect server (UI at http://127.0.0.1:4200) unless one answers;
-4. run start of day for every region on today's date in that region: a region whose
-   date is not a session is skipped with the calendar's reason;
-5. run start of day for the first region that ran again: nothing changes the second time;
-6. print where the reports are.
+4. run start of day for every region on today's date there, as carol (a desk lead). The
+   lab's apps start out down and the estate says starting them needs approval, so each
+   run pauses; a second person from the region's approver group approves it from the
+   CLI (``openbell approve``), and the run goes on. A region whose date is not a session
+   is skipped with the calendar's reason;
+5. run the first region again: every app is up, nothing to approve, nothing changes;
+6. ``openbell audit verify`` on the ledger, then on a copy of it with one row altered
+   behind openbell's back (sqlite3): the walk names that row;
+7. print where the reports are.
+
+Each run and each approval is a separate ``openbell`` process, as it would be for two
+people at two terminals.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.rule import Rule
 
-from deployments.display import summary_table
 from deployments.prefect_server import ensure_server
-from deployments.runner import run_runbook
 from lab import supervisor
 from openbell.errors import OpenbellError
-from openbell.run import RunRecord
 from openbell.settings import get_settings
 from runbooks.loader import load_estate
 
-console = Console()
+console = Console(soft_wrap=True)
+OPENBELL = str(Path(sys.executable).with_name("openbell"))
+REQUESTER = "carol"
+#: Who approves in each lab region: someone of its approver group who is not carol.
+APPROVER = {"apac": "alice", "emea": "bob", "amer": "dave"}
 
 
-def _show(record: RunRecord) -> None:
-    console.print(summary_table(record))
-    if record.reports:
-        console.print(f"  report: {record.reports['html']}")
+def openbell(*args: str, check: bool = False) -> int:
+    """Run the openbell CLI as a separate process, its output on this terminal."""
+    console.print(f"[dim]$ openbell {' '.join(args)}[/]")
+    sys.stdout.flush()
+    code = subprocess.call([OPENBELL, *args])
+    if check and code != 0:
+        raise OpenbellError(f"`openbell {' '.join(args)}` exited {code}")
+    return code
+
+
+def run_with_approval(region: str) -> int:
+    """Start of day as carol; when it asks, the region's approver says yes from the CLI."""
+    from tasks.approval_gate import pending_requests
+    from tasks.ledger import Ledger
+
+    console.print(f"[dim]$ openbell run sod --region {region} --as {REQUESTER}[/]")
+    sys.stdout.flush()
+    started = time.time()
+    proc = subprocess.Popen([OPENBELL, "run", "sod", "--region", region, "--as", REQUESTER])
+    answered = False
+    while proc.poll() is None:
+        time.sleep(1)
+        if answered:
+            continue
+        with Ledger() as ledger:
+            waiting = [
+                r
+                for r in pending_requests(ledger)
+                if r.request.region == region and r.request.created_at.timestamp() >= started
+            ]
+        if waiting:
+            run_id = waiting[-1].request.run_id
+            approver = APPROVER[region]
+            console.print(
+                Rule(f"{approver}, in {region.upper()}'s approver group, approves from the CLI")
+            )
+            openbell(
+                "approve", run_id, "--as", approver, "--reason", "demo: plan reviewed, go ahead"
+            )
+            answered = True
+    return proc.wait()
+
+
+def tamper_demo(ledger_db: Path) -> None:
+    """Alter one row of a copy of the ledger with sqlite3 and show verify find it."""
+    copy = ledger_db.with_name("ledger-tampered-copy.db")
+    shutil.copy(ledger_db, copy)
+    with sqlite3.connect(copy) as db:
+        # A database owner can drop openbell's guard triggers; the hash chain remains.
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            db.execute(f'DROP TRIGGER "{name}"')
+        row = db.execute(
+            "SELECT seq, payload FROM entries WHERE kind = 'approval_decided' ORDER BY seq"
+        ).fetchone()
+        if row is None:
+            console.print("no approval in the ledger to alter")
+            return
+        seq, payload = row
+        who = next(a for a in APPROVER.values() if f'"{a}"' in payload)
+        db.execute(
+            "UPDATE entries SET payload = ? WHERE seq = ?",
+            (payload.replace(f'"{who}"', '"mallory"'), seq),
+        )
+    console.print(
+        f"with sqlite3, on a copy of the ledger ({copy}): entry {seq}, {who}'s approval, "
+        "now says mallory approved"
+    )
+    env = {**os.environ, "OPENBELL_LEDGER_URL": f"sqlite:///{copy}"}
+    console.print(f"[dim]$ OPENBELL_LEDGER_URL=sqlite:///{copy} openbell audit verify[/]")
+    sys.stdout.flush()
+    subprocess.call([OPENBELL, "audit", "verify", "--as", REQUESTER], env=env)
 
 
 def main() -> int:
@@ -45,30 +127,33 @@ def main() -> int:
     console.print(f"lab up: {len(status.endpoints)} endpoints (`openbell lab status` lists them)")
     api = ensure_server(settings)
     console.print(f"Prefect server: {api.removesuffix('/api')} (runs stay visible in its UI)")
+    os.environ.setdefault("PREFECT_API_URL", api)
 
-    records: list[RunRecord] = []
+    codes: dict[str, int] = {}
     for region in estate.regions:
         console.print(Rule(f"start of day {region.upper()}"))
-        record = run_runbook("sod", region, None, console=console)
-        _show(record)
-        records.append(record)
+        codes[region] = run_with_approval(region)
 
-    ran = [r for r in records if not r.skipped_reason]
-    if ran:
-        first = ran[0]
-        console.print(Rule(f"start of day {first.region.upper()} again: nothing should change"))
-        again = run_runbook("sod", first.region, first.trade_date, console=console)
-        _show(again)
-        changed = again.counts().get("changed", 0)
-        console.print(f"second run: {changed} change(s), status {again.status.value}")
-        records.append(again)
+    first = next(iter(estate.regions))
+    console.print(Rule(f"start of day {first.upper()} again: nothing to approve or change"))
+    codes[f"{first} again"] = openbell("run", "sod", "--region", first, "--as", REQUESTER)
+
+    console.print(Rule("the ledger"))
+    codes["audit"] = openbell("audit", "verify", "--as", REQUESTER)
+    ledger_db = settings.home / "ledger.db"
+    if ledger_db.exists():
+        tamper_demo(ledger_db)
 
     console.print(Rule("reports"))
-    for r in records:
-        console.print(f"{r.title:<32} {r.status.value:<8} {r.reports.get('html', '')}")
+    for report in sorted(settings.reports_dir.glob("*.html")):
+        console.print(str(report))
     console.print(f"\nall reports: {settings.reports_dir}")
+    console.print("Prefect UI: " + api.removesuffix("/api"))
     console.print("stop the lab and the Prefect server with `make stop`")
-    return 0 if all(r.passed for r in records) else 1
+    failed = {k: v for k, v in codes.items() if v != 0}
+    if failed:
+        console.print(f"[red]not everything passed: {failed}[/]")
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":
