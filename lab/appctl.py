@@ -9,6 +9,10 @@ stop      0 stopped or not running; 1 could not stop; 5 unknown app
 status    0 running; 1 dead but pid file exists; 3 not running; 4 unknown app
 ========= ===========================================================================
 
+``status NAME`` is answered by the ``bin/appctl`` shell shim from the pid file and the
+process table whenever it can; ``status -l NAME`` always comes here and adds the version
+the app's health endpoint reports.
+
 ``start`` launches ``python -m lab.app`` detached (its own session, output to the
 app's log), writes the pid file, and waits (bounded by ``--timeout``) until the health
 endpoint answers. Fault ``app_fails_to_start`` (optional params ``reason``) makes it
@@ -223,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the host root (the shim passes it)",
     )
     parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument(
+        "-l",
+        "--long",
+        action="store_true",
+        help="status: also ask the app's health endpoint (the shim answers plain status)",
+    )
     parser.add_argument("app")
     parser.add_argument(
         "--timeout",

@@ -50,6 +50,8 @@ def test_start_status_stop_cycle(lab_estate: tuple[Path, Estate], app: tuple[str
     assert (rc, out) == (0, f"{name}: already running (pid {pid})\n")
 
     rc, out, _ = ssh_run(estate, host, f"bin/appctl status {name}")
+    assert (rc, out) == (0, f"{name}: running (pid {pid})\n")
+    rc, out, _ = ssh_run(estate, host, f"bin/appctl status -l {name}")
     assert rc == 0 and f"pid {pid}" in out and str(estate.app(name).expected_version) in out
 
     rc, out, _ = ssh_run(estate, host, f"bin/appctl stop {name}")
@@ -110,7 +112,7 @@ def test_wrong_version_fault(
     ssh_run(estate, host, f"bin/appctl start {name}")
     lab_faults.add("wrong_version", name, version="0.0.1-hotfix")
     assert _health(estate, name).json()["version"] == "0.0.1-hotfix"
-    assert "version 0.0.1-hotfix" in ssh_run(estate, host, f"bin/appctl status {name}")[1]
+    assert "version 0.0.1-hotfix" in ssh_run(estate, host, f"bin/appctl status -l {name}")[1]
     lab_faults.remove("wrong_version", name)
     assert _health(estate, name).json()["version"] == estate.app(name).expected_version
 
