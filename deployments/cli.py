@@ -196,6 +196,64 @@ def run(
     raise typer.Exit(0 if record.passed else 1)
 
 
+@command(app, "report")
+def report_cmd(
+    run_id: Annotated[str | None, typer.Argument(help="a run id (or its first characters)")] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", "-r", help="daily rollup of this region")
+    ] = None,
+    day: DateOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="where to write (default OPENBELL_HOME/reports)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a run's report, or a region's daily rollup, from the ledger alone.
+
+    `openbell report RUN_ID` or `openbell report --region emea --date 2026-11-24`.
+    """
+    from tasks.ledger import Ledger
+    from tasks.report import write_run_report
+    from tasks.rollup import write_rollup
+
+    if (run_id is None) == (region is None):
+        raise CliError("give a run id, or --region and --date for a daily rollup (not both)")
+    if run_id is not None and day is not None:
+        raise CliError("--date goes with --region (a run's report needs only its id)")
+    with Ledger() as ledger:
+        if run_id is not None:
+            paths = write_run_report(ledger, _find_run(ledger, run_id), out_dir)
+        else:
+            assert region is not None
+            trade_date = parse_date(day)
+            if trade_date is None:
+                raise CliError("--region needs --date YYYY-MM-DD, e.g. --date 2026-11-24")
+            known = sorted({str(e.payload.get("region")) for e in ledger.find_runs()})
+            if region.lower() not in known:
+                raise CliError(
+                    f"no run in region {region!r} in the ledger; regions with runs: "
+                    f"{', '.join(known) or 'none'}"
+                )
+            paths = write_rollup(ledger, region, trade_date, out_dir)
+    if as_json:
+        out.print_json(json.dumps({k: str(v) for k, v in paths.items()}))
+    else:
+        for kind, path in paths.items():
+            out.print(f"report ({kind}): {path}", highlight=False)
+
+
+def _find_run(ledger: Any, prefix: str) -> str:
+    """The one run whose id starts with ``prefix`` (the reports' file names use 8 characters)."""
+    ids = [str(e.run_id) for e in ledger.find_runs() if str(e.run_id).startswith(prefix)]
+    if prefix in ids:
+        return prefix
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise CliError(f"no run {prefix!r} in the ledger ({ledger})")
+    raise CliError(f"run id {prefix!r} is ambiguous: {', '.join(sorted(ids)[:5])}")
+
+
 @command(lab_app, "up")
 def lab_up(estate_path: EstateOpt = None) -> None:
     """Start the simulated estate in the background and print its endpoints."""
