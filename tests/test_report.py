@@ -290,7 +290,8 @@ _PROBE = """
     hostile: [...document.querySelectorAll("code")].filter(
       (c) => c.textContent === "\\u003cscript>alert(1)\\u003c/script>").length,
     long: [...document.querySelectorAll("code")].filter(
-      (c) => c.textContent.startsWith("emea-app1:/var/lib/openbell")).map(box),
+      (c) => c.textContent.startsWith("emea_app1:/var/lib/openbell")).map(
+      (c) => ({code: box(c), cell: box(c.closest("td"))})),
   };
   const pre = document.createElement("pre");
   pre.id = "probe";
@@ -352,7 +353,9 @@ def test_the_html_report_looks_right_in_chromium(
     for syntax in ("{{", "}}", "{%", "%}", "{#"):
         assert syntax not in body
     assert probe["overflow"] <= 0 and probe["long"]
-    assert all(b["w"] <= WINDOW[0] for b in probe["long"])
+    for long in probe["long"]:  # wrapped inside its own cell
+        code, cell = long["code"], long["cell"]
+        assert code["h"] > 20 and code["x"] + code["w"] <= cell["x"] + cell["w"] + 0.5, long
     # Looks right: the screenshot is not blank, and each bar shows its status colour.
     pixels = shot.pixels()
     white = sum(1 for p in pixels if p == (255, 255, 255))
@@ -362,12 +365,13 @@ def test_the_html_report_looks_right_in_chromium(
         cx, cy = int(b["x"] + b["w"] / 2), int(b["y"] + b["h"] / 2)
         assert cy < shot.height, f"{bar['cls']} is below the fold"
         if bar["cls"].startswith("bar step"):
-            assert _near(shot.pixel(cx, cy), _hex(bar["fill"])), bar
+            status = bar["cls"].split()[-1]
+            assert _near(shot.pixel(cx, cy), _hex(COLOURS[status])), bar
         else:  # hatched: the approval colour shows among the stripes
             row = [shot.pixel(x, cy) for x in range(int(b["x"]) + 2, int(b["x"] + b["w"]) - 6)]
             assert any(_near(p, _hex(APPROVAL_COLOUR)) for p in row), bar
-    for cap in probe["caps"]:
-        b = cap["box"]
-        centre = shot.pixel(int(b["x"] + b["w"] / 2), int(b["y"] + b["h"] / 2))
-        assert _near(centre, _hex(cap["fill"])), cap
+    (cap,) = probe["caps"]  # the approval was approved: its wait ends in "ok" green
+    b = cap["box"]
+    centre = shot.pixel(int(b["x"] + b["w"] / 2), int(b["y"] + b["h"] / 2))
+    assert _near(centre, _hex(COLOURS["ok"])), cap
     assert {_hex(c) for c in COLOURS.values()} <= set(pixels)
