@@ -84,14 +84,21 @@ md_env = Environment(autoescape=False, **_OPTIONS)  # noqa: S701
 def _md(text: Any) -> str:
     """Escape text for a Markdown table cell or list item (no raw HTML, no broken cells)."""
     out = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
-    out = out.replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*").replace("_", "\\_")
+    out = (
+        out.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("*", "\\*")
+        .replace("_", "\\_")
+    )
     out = out.replace("[", "\\[").replace("]", "\\]")
     return " ".join(out.split())
 
 
 def _code(text: Any) -> str:
-    """Text for a Markdown code span: no backtick can close it, no newline can break it."""
-    return " ".join(str(text).replace("`", "'").split())
+    """Text for a Markdown code span in a table cell: no backtick can close it, no pipe
+    can split the cell, no newline can break the line (GFM unescapes ``\\|`` in cells)."""
+    return " ".join(str(text).replace("`", "'").replace("|", "\\|").split())
 
 
 def _hms(value: Any) -> str:
@@ -113,7 +120,6 @@ def _when(value: Any) -> str:
 for _e in (env, md_env):
     _e.filters["hms"] = _hms
     _e.filters["when"] = _when
-    _e.filters["short"] = lambda h, n=12: (str(h)[:n] + "…") if h and len(str(h)) > n else h
 md_env.filters["md"] = _md
 md_env.filters["code"] = _code
 
