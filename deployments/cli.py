@@ -447,6 +447,62 @@ def audit_verify_bundle(bundle: Annotated[Path, typer.Argument(help="an exported
     out.print(f"[green]{result.describe()}[/]")
 
 
+@command(app, "report")
+def report_cmd(
+    run_id: Annotated[str | None, typer.Argument(help="a run id (or its first characters)")] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", "-r", help="daily rollup of this region")
+    ] = None,
+    day: DateOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="where to write (default OPENBELL_HOME/reports)")
+    ] = None,
+    as_json: JsonOpt = False,
+    who: AsOpt = None,
+) -> None:
+    """Write a run's report, or a region's daily rollup, from the ledger alone.
+
+    `openbell report RUN_ID` or `openbell report --region emea --date 2026-11-24`.
+    """
+    from tasks.ledger import Ledger
+    from tasks.report import write_run_report
+    from tasks.rollup import write_rollup
+
+    if (run_id is None) == (region is None):
+        raise CliError("give a run id, or --region and --date for a daily rollup (not both)")
+    if run_id is not None and day is not None:
+        raise CliError("--date goes with --region (a run's report needs only its id)")
+    from runbooks.loader import load_estate
+
+    me = whoami(who)
+    with Ledger() as ledger:
+        if run_id is not None:
+            rid, started = _find_run(ledger, run_id)
+            estate = load_estate(started.get("estate_source"))
+            require_entitled(estate, me, "report", started["runbook"], started["region"], rid)
+            paths = write_run_report(ledger, rid, out_dir)
+        else:
+            assert region is not None
+            trade_date = parse_date(day)
+            if trade_date is None:
+                raise CliError("--region needs --date YYYY-MM-DD, e.g. --date 2026-11-24")
+            known = sorted({str(e.payload.get("region")) for e in ledger.find_runs()})
+            if region.lower() not in known:
+                raise CliError(
+                    f"no run in region {region!r} in the ledger; regions with runs: "
+                    f"{', '.join(known) or 'none'}"
+                )
+            day_runs = ledger.find_runs(region=region.lower(), trade_date=trade_date)
+            for rb in sorted({str(e.payload["runbook"]) for e in day_runs}):
+                require_entitled(load_estate(None), me, "report", rb, region)
+            paths = write_rollup(ledger, region, trade_date, out_dir)
+    if as_json:
+        out.print_json(json.dumps({k: str(v) for k, v in paths.items()}))
+    else:
+        for kind, path in paths.items():
+            out.print(f"report ({kind}): {path}", highlight=False)
+
+
 @command(lab_app, "up")
 def lab_up(estate_path: EstateOpt = None) -> None:
     """Start the simulated estate in the background and print its endpoints."""

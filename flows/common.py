@@ -210,11 +210,11 @@ async def finish_run(ctx: RunContext, record: RunRecord, steps: list[StepResult]
             deliveries = await in_thread(ctx, notify.notify_run, ctx.notifier, channel, notice)
             for d in deliveries:
                 await in_thread(ctx, ledger.record_notification, ctx.run_id, _delivery(d))
-        stored = await in_thread(ctx, ledger.load_run, ctx.run_id)
-        written = report.write_reports(stored, settings.reports_dir)
-        for fmt, path in written.items():
-            await in_thread(ctx, ledger.record_report, ctx.run_id, fmt, path)
+        written = await in_thread(
+            ctx, report.write_run_report, ledger, ctx.run_id, settings.reports_dir
+        )
         await in_thread(ctx, ledger.checkpoint)
+        stored = await in_thread(ctx, ledger.load_run, ctx.run_id)
         record = stored.model_copy(
             update={"reports": {k: str(v) for k, v in written.items()}, "plan": record.plan}
         )

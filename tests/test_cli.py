@@ -317,3 +317,75 @@ def test_unreachable_host_and_wrong_host_key_are_named(lab, tmp_path: Path) -> N
     assert host in out and "refused" in out.lower()
     assert "host key" in out.lower()
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# ---- openbell report ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def report_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """OPENBELL_LEDGER_URL pointing at a ledger holding the sample run of emea 2026-11-24."""
+    from tasks.ledger import Ledger
+    from tests.fixtures.report_sample import record_sample_run
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("OPENBELL_LEDGER_URL", url)
+    with Ledger(url) as ledger:
+        record_sample_run(ledger, tmp_path)
+    return tmp_path / "reports"
+
+
+def test_report_writes_a_run_report_from_its_id_or_prefix(report_ledger: Path) -> None:
+    full = invoke(
+        "report", "4f1c2d3e-5a6b-4c7d-8e9f-0123456789ab", "--out", str(report_ledger), "--as", "bob"
+    )
+    by_prefix = invoke("report", "4f1c2d3e", "--out", str(report_ledger), "--json", "--as", "bob")
+    denied = invoke("report", "4f1c2d3e", "--out", str(report_ledger), "--as", "alice")
+    assert denied.exit_code == 1
+    assert "alice may not report sod in emea" in one_error_line(denied)
+
+    assert full.exit_code == 0, full.stderr
+    html = report_ledger / "sod-emea-2026-11-24-4f1c2d3e.html"
+    assert f"report (html): {html}" in full.stdout
+    assert "Start of day EMEA 2026-11-24" in html.read_text()
+    assert by_prefix.exit_code == 0 and json.loads(by_prefix.stdout)["html"] == str(html)
+
+
+def test_report_writes_the_daily_rollup(report_ledger: Path) -> None:
+    result = invoke(
+        "report",
+        "--region",
+        "EMEA",
+        "--date",
+        "2026-11-24",
+        "--out",
+        str(report_ledger),
+        "--as",
+        "carol",
+    )
+
+    assert result.exit_code == 0, result.stderr
+    md = report_ledger / "rollup-emea-2026-11-24.md"
+    assert f"report (md): {md}" in result.stdout
+    assert "**1** runs" in md.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["nope"], ["no run 'nope' in the ledger"]),
+        ([], ["give a run id, or --region and --date"]),
+        (["4f1c2d3e", "--region", "emea"], ["not both"]),
+        (["--region", "emea"], ["--region needs --date"]),
+        (["--region", "emae", "--date", "2026-11-24"], ["no run in region 'emae'", "emea"]),
+        (["--region", "emea", "--date", "24/11/2026"], ["is not a date"]),
+    ],
+    ids=["unknown-run", "nothing", "both", "no-date", "unknown-region", "bad-date"],
+)
+def test_report_errors_are_one_line(report_ledger: Path, args: list[str], words: list[str]) -> None:
+    result = invoke("report", *args, "--as", "carol")
+
+    assert result.exit_code == 2
+    text = one_error_line(result)
+    for word in words:
+        assert word in text

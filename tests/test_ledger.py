@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from openbell import secrets
 from openbell.outcome import Outcome, Status
-from openbell.run import RunRecord, StepResult
+from openbell.run import LedgerAnchor, RunRecord, StepResult
 from tasks.ledger import (
     GENESIS,
     CompletionKey,
@@ -582,8 +582,25 @@ def test_a_run_record_is_rebuilt_from_the_ledger_alone(ledger: Ledger, tmp_path:
 
     loaded = ledger.load_run(run_id)
 
+    entries = ledger.run_entries(run_id)
+    finished = entries[-1]
     expected = record.model_copy(
-        update={"reports": {k: str(tmp_path / Path(v).name) for k, v in record.reports.items()}}
+        update={
+            "reports": {k: str(tmp_path / Path(v).name) for k, v in record.reports.items()},
+            # What only the ledger knows: run_started's and run_finished's own facts, and
+            # where the run sits in the chain (report entries are not counted).
+            "runbook_version": "1.4.2",
+            "parameters": {"region": "emea", "dry_run": False},
+            "finished_status": "failed",
+            "ledger_anchor": LedgerAnchor(
+                first_seq=entries[0].seq,
+                last_seq=finished.seq,
+                last_hash=finished.hash,
+                entries=len([e for e in entries if e.kind != "report"]),
+                finished_seq=finished.seq,
+                finished_hash=finished.hash,
+            ),
+        }
     )
     assert loaded == expected
     assert loaded.status == Status.FAILED

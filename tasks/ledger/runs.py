@@ -7,11 +7,15 @@ A run is a sequence of entries sharing its ``run_id``::
     plan           the plan it printed before acting
     outcome ...    one per target, as each step learns them
     step           closes a step: title, times, note (its outcomes are those before it)
-    approval_*     requests and decisions (payloads from ``tasks.approvals``)
+    approval_requested   a step waits: {"request": ApprovalRequest, "summary", "changes"}
+    approval_decided     an answer: {"decision": ApprovalDecision, "via"}
+    approval_verdict     what the answers add up to: {"step", "binding_hash", "status",
+                         "counted", "rejected_by", "refused", "flagged_for_review", "reason"}
     notification   each Slack (or console) message and its fate
     evidence       a file and its sha256
-    report         each report written, with its sha256
+    refusal        an action refused (who, what, why)
     run_finished   status and time
+    report         each report written, with its sha256 (after run_finished)
 
 ``run_record`` folds those entries back into the ``RunRecord`` that reports render, so
 a report regenerated from the ledger is the report that was written.
@@ -27,7 +31,7 @@ from typing import Any, NamedTuple
 
 from openbell.outcome import Outcome
 from openbell.run import RunRecord, StepResult
-from tasks.ledger.chain import canonical_json
+from tasks.ledger.chain import canonical_json, parse_ts
 from tasks.ledger.errors import LedgerError
 
 
@@ -121,9 +125,15 @@ def file_facts(path: Path) -> tuple[str, int]:
 def run_record(run_id: str, entries: Iterable[Any]) -> RunRecord:
     """Rebuild a run's ``RunRecord`` from its entries (in seq order).
 
+    Approvals: a decision belongs to the latest request for its step; a verdict to the
+    latest request for its step and binding hash (else for its step). Entries of kind
+    ``report`` fill ``reports`` but are left out of ``ledger_anchor``, so a report
+    rendered from the record does not change when it is itself recorded.
+
     Args:
         run_id: the run.
-        entries: ``Entry`` objects of that run (anything with ``kind`` and ``payload``).
+        entries: ``Entry`` objects of that run (anything with ``kind`` and ``payload``;
+            ``seq``, ``ts`` and ``hash`` are used when present).
 
     Raises:
         LedgerError: the run has no ``run_started`` entry.
@@ -133,8 +143,15 @@ def run_record(run_id: str, entries: Iterable[Any]) -> RunRecord:
     pending: dict[str, list[Any]] = {}
     notifications: list[dict[str, Any]] = []
     reports: dict[str, str] = {}
+    approvals: list[dict[str, Any]] = []
+    evidence: list[dict[str, Any]] = []
+    refusals: list[dict[str, Any]] = []
+    anchor = _Anchor()
     for e in entries:
         p = e.payload
+        seq = getattr(e, "seq", None)
+        if e.kind != "report":
+            anchor.add(e)
         if e.kind == "run_started" and fields is None:
             fields = {
                 "run_id": run_id,
@@ -148,6 +165,8 @@ def run_record(run_id: str, entries: Iterable[Any]) -> RunRecord:
                 "skipped_reason": p.get("skipped_reason"),
                 "estate_source": p.get("estate_source"),
                 "flow_run_id": p.get("flow_run_id"),
+                "runbook_version": p.get("runbook_version"),
+                "parameters": p.get("parameters") or {},
             }
         elif e.kind == "plan":
             if fields is not None:
@@ -169,22 +188,204 @@ def run_record(run_id: str, entries: Iterable[Any]) -> RunRecord:
             )
         elif e.kind == "notification":
             notifications.append(dict(p))
+        elif e.kind == "approval_requested":
+            approvals.append(_approval_requested(p, seq))
+        elif e.kind == "approval_decided":
+            _approval_decided(approvals, p, seq)
+        elif e.kind == "approval_verdict":
+            _approval_verdict(approvals, p, seq, getattr(e, "ts", None))
+        elif e.kind == "evidence":
+            evidence.append({**p, "seq": seq})
+        elif e.kind == "refusal":
+            refusals.append({**p, "at": getattr(e, "ts", None), "seq": seq})
         elif e.kind == "report":
             reports[p["format"]] = p["path"]
         elif e.kind == "run_finished" and fields is not None:
             fields["finished_at"] = p.get("finished_at")
+            fields["finished_status"] = p.get("status")
+            fields["finished_summary"] = p.get("summary") or ""
+            anchor.finished(e)
     if fields is None:
         raise LedgerError(f"run {run_id!r} has no run_started entry in the ledger")
     steps = in_plan_order(steps, fields.get("plan"))
     return RunRecord.model_validate(
-        {**fields, "steps": steps, "notifications": notifications, "reports": reports}
+        {
+            **fields,
+            "steps": steps,
+            "notifications": notifications,
+            "reports": reports,
+            "approvals": approvals,
+            "evidence": evidence,
+            "refusals": refusals,
+            "ledger_anchor": anchor.value(),
+        }
     )
+
+
+class _Anchor:
+    """Collects a run's position in the chain while its entries are folded."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.last: int | None = None
+        self.last_hash = ""
+        self.count = 0
+        self.finished_seq: int | None = None
+        self.finished_hash: str | None = None
+
+    def add(self, e: Any) -> None:
+        seq, h = getattr(e, "seq", None), getattr(e, "hash", None)
+        if seq is None or h is None:
+            return
+        self.first = seq if self.first is None else self.first
+        self.last, self.last_hash = seq, h
+        self.count += 1
+
+    def finished(self, e: Any) -> None:
+        self.finished_seq = getattr(e, "seq", None)
+        self.finished_hash = getattr(e, "hash", None)
+
+    def value(self) -> dict[str, Any] | None:
+        if self.first is None or self.last is None:
+            return None
+        return {
+            "first_seq": self.first,
+            "last_seq": self.last,
+            "last_hash": self.last_hash,
+            "entries": self.count,
+            "finished_seq": self.finished_seq,
+            "finished_hash": self.finished_hash,
+        }
+
+
+def _approval_requested(p: Mapping[str, Any], seq: int | None) -> dict[str, Any]:
+    """An ``approval_requested`` payload as the fields of an ``ApprovalRecord``."""
+    req = p["request"]
+    return {
+        "step": req["step"],
+        "requester": req["requester"],
+        "approver_group": req["approver_group"],
+        "required_approvers": req.get("required_approvers", 1),
+        "binding_hash": req["binding_hash"],
+        "created_at": req["created_at"],
+        "expires_at": req["expires_at"],
+        "emergency": req.get("emergency", False),
+        "summary": p.get("summary") or "",
+        "changes": list(p.get("changes") or []),
+        "decisions": [],
+        "seq": seq,
+    }
+
+
+def _latest(
+    approvals: list[dict[str, Any]], step: str, binding: str | None = None
+) -> dict[str, Any] | None:
+    for a in reversed(approvals):
+        if a["step"] == step and (binding is None or a["binding_hash"] == binding):
+            return a
+    return None
+
+
+def _unrequested(
+    approvals: list[dict[str, Any]], step: str, binding: str, at: Any
+) -> dict[str, Any]:
+    """A placeholder for a decision or verdict whose request is not on record.
+
+    Kept, not dropped: the report shows it as a deviation.
+    """
+    target: dict[str, Any] = {
+        "step": step,
+        "requester": "",
+        "approver_group": "",
+        "required_approvers": 0,
+        "binding_hash": binding,
+        "created_at": at,
+        "expires_at": at,
+        "decisions": [],
+        "requested": False,
+    }
+    approvals.append(target)
+    return target
+
+
+def _approval_decided(
+    approvals: list[dict[str, Any]], p: Mapping[str, Any], seq: int | None
+) -> None:
+    d = p["decision"]
+    decision = {
+        "approver": d["approver"],
+        "decision": d["decision"],
+        "decided_at": d["decided_at"],
+        "via": p.get("via") or "",
+        "justification": d.get("justification") or "",
+        "binding_hash": d.get("binding_hash") or "",
+        "seq": seq,
+    }
+    target = _latest(approvals, d["step"]) or _unrequested(
+        approvals, d["step"], decision["binding_hash"], d["decided_at"]
+    )
+    target["decisions"].append(decision)
+
+
+def _approval_verdict(
+    approvals: list[dict[str, Any]], p: Mapping[str, Any], seq: int | None, ts: Any
+) -> None:
+    target = (
+        _latest(approvals, p["step"], p.get("binding_hash"))
+        or _latest(approvals, p["step"])
+        or _unrequested(approvals, p["step"], p.get("binding_hash") or "", ts)
+    )
+    status = p["status"]
+    refused = [dict(r) for r in p.get("refused") or []]
+    # The verdict judged the decisions recorded before it: mark each counted or refused.
+    unmatched = list(refused)
+    for d in target["decisions"]:
+        match = next(
+            (
+                r
+                for r in unmatched
+                if (r["approver"], r["decision"]) == (d["approver"], d["decision"])
+            ),
+            None,
+        )
+        if match is not None:
+            unmatched.remove(match)
+        d["effect"] = "refused" if match is not None else "counted"
+        d["why"] = match["why"] if match is not None else ""
+    target.update(
+        {
+            "status": status,
+            "counted": list(p.get("counted") or []),
+            "rejected_by": list(p.get("rejected_by") or []),
+            "refused": refused,
+            "flagged_for_review": bool(p.get("flagged_for_review", False)),
+            "reason": p.get("reason") or "",
+            "resolved_at": _resolved_at(target, status, ts),
+            "verdict_seq": seq,
+        }
+    )
+
+
+def _resolved_at(approval: dict[str, Any], status: str, ts: Any) -> Any:
+    """When the wait ended, from the decisions' own times (the entry's time as a fallback)."""
+    if status == "pending":
+        return None
+    if status == "expired":
+        return approval["expires_at"]
+    counted = [d for d in approval["decisions"] if d["effect"] == "counted"]
+    if status == "rejected":
+        times = sorted(parse_ts(str(d["decided_at"])) for d in counted if d["decision"] == "reject")
+        return times[0] if times else ts
+    times = sorted(parse_ts(str(d["decided_at"])) for d in counted if d["decision"] != "reject")
+    if not times:
+        return ts
+    return times[min(len(times), max(int(approval["required_approvers"]), 1)) - 1]
 
 
 def in_plan_order(steps: list[StepResult], plan: Mapping[str, Any] | None) -> list[StepResult]:
     """Steps in the order the run's plan lists them (the runbook's order), not the order
     they happened to finish in; steps the plan does not name keep their place at the end.
     """
-    names = [s.get("name") for s in (plan or {}).get("steps", [])]
+    names = [s.get("name") if isinstance(s, Mapping) else s for s in (plan or {}).get("steps", [])]
     rank = {name: i for i, name in enumerate(names)}
     return sorted(steps, key=lambda s: rank.get(s.name, len(rank)))

@@ -787,6 +787,46 @@ class Ledger:
         """Every entry of one run, in order."""
         return self.entries(run_id=run_id)
 
+    def find_runs(
+        self,
+        *,
+        region: str | None = None,
+        trade_date: date | None = None,
+        runbook: str | None = None,
+    ) -> list[Entry]:
+        """The ``run_started`` entries of the runs for a region and trade date, in order.
+
+        Args:
+            region: only runs in this region (case-insensitive).
+            trade_date: only runs for this session.
+            runbook: only runs of this runbook.
+
+        Example:
+            >>> day = date(2026, 11, 24)
+            >>> runs = ledger.find_runs(region="emea", trade_date=day)  # doctest: +SKIP
+            >>> [e.run_id for e in runs]  # doctest: +SKIP
+            ['4f1c2d3e-...', '9a0b1c2d-...']
+        """
+        want: dict[str, str] = {}
+        if region is not None:
+            want["region"] = region.lower()
+        if trade_date is not None:
+            want["trade_date"] = trade_date.isoformat()
+        if runbook is not None:
+            want["runbook"] = runbook
+        q = select(*_COLUMNS).where(T.c.kind == "run_started").order_by(T.c.seq)
+        for key, value in want.items():
+            # The payload is canonical JSON: a cheap, portable prefilter in SQL; the exact
+            # test on the parsed payload below decides.
+            q = q.where(T.c.payload.icontains(canonical_json({key: value})[1:-1], autoescape=True))
+        with self._read() as conn:
+            found = [Entry.from_raw(RawEntry._make(r)) for r in conn.execute(q)]
+        return [
+            e
+            for e in found
+            if all(str(e.payload.get(k, "")).lower() == v.lower() for k, v in want.items())
+        ]
+
     def load_run(self, run_id: str) -> RunRecord:
         """Rebuild a run's ``RunRecord`` from the ledger alone (for reports).
 
