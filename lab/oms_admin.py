@@ -137,7 +137,7 @@ class OmsAdmin:
             day = _date(query.get("trade_date", [""])[0])
             if day is None:
                 return 400, {"error": "trade_date=YYYY-MM-DD is required"}
-            tif = (query.get("tif") or [None])[0]
+            tif = query["tif"][0] if query.get("tif") else None
             open_only = (query.get("open") or ["false"])[0].lower() in ("1", "true", "yes")
             rows = await asyncio.to_thread(self.orders, day, tif, open_only)
             return 200, {"oms": self.name, "trade_date": day, "orders": rows}

@@ -505,11 +505,11 @@ class Estate(Model):
                 raise UnknownNameError(
                     "runbook", rb, list(RUNBOOK_NAMES), key_path=f"runbooks.{rb}"
                 )
-            group = policy.approvals.approver_group if policy.approvals else None
-            if group and self.groups and group not in self.groups:
+            approvers = policy.approvals.approver_group if policy.approvals else None
+            if approvers and self.groups and approvers not in self.groups:
                 raise UnknownNameError(
                     "group",
-                    group,
+                    approvers,
                     list(self.groups),
                     key_path=f"runbooks.{rb}.approvals.approver_group",
                 )
