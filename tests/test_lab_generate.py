@@ -43,7 +43,7 @@ def test_default_estate_is_valid_and_complete(tmp_path: Path) -> None:
 def test_each_region_has_an_oms_for_end_of_day(tmp_path: Path) -> None:
     estate = load_estate(generate_estate(tmp_path / "e.yaml", hosts=6))
     for region in estate.regions:
-        (name, db) = next(iter(estate.oms_in(region).items()))
+        db = next(iter(estate.oms_in(region).values()))
         assert db.oms is not None and db.oms.cancel_sweep
         assert db.oms.trade_file is not None
         assert estate.host(db.oms.trade_file.host).fix_store_dir  # dropped on the gateway
