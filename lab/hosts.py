@@ -19,8 +19,9 @@ latency         ``ms`` wait before each command's answer (the command already ra
 =============== ==================================================================
 
 A command that changes files (``tar -c``, ``rm``, ``mv``, ``cp``, ``mkdir``,
-``truncate``) is recorded in the lab's effects log (``lab.effects``) with its argv and
-exit status, so tests can count archives written and files removed.
+``truncate``), sent as one quoted argv the way openbell sends commands, is recorded in
+the lab's effects log (``lab.effects``) with its argv and exit status, so tests can
+count archives written and files removed. Free shell lines are not classified.
 """
 
 from __future__ import annotations
@@ -375,6 +376,8 @@ def effect_of(command: str | None) -> tuple[str | None, list[str]]:
         ('archive', ['tar', '-czf', 'a.tgz', '-C', 'var', 'log'])
         >>> effect_of("tar -tzf a.tgz </dev/null")[0] is None
         True
+        >>> effect_of("mkdir -p x && tar -czf x/a.tgz bin")[0] is None
+        True
     """
     try:
         argv = shlex.split(command or "")
@@ -382,8 +385,9 @@ def effect_of(command: str | None) -> tuple[str | None, list[str]]:
         return None, []
     if argv and argv[-1] == "</dev/null":
         argv = argv[:-1]
-    if not argv:
-        return None, argv
+    joined = shlex.join(argv)
+    if not argv or command not in (joined, f"{joined} </dev/null"):
+        return None, argv  # a shell line (operators, redirections): not one program
     kind = EFFECT_KINDS.get(os.path.basename(argv[0]))
     if kind == "archive":
         first = argv[1] if len(argv) > 1 else ""

@@ -205,7 +205,9 @@ def wait_faults_applied(home: str | Path | None = None, timeout_s: float = 10.0)
     """Wait until the running lab has acted on the current fault file.
 
     Faults read per request (feeds, apps, chronyc, slow/latency) act at once; this is
-    for those the supervisor applies: ``host_down`` listeners and ``missing_refdata``.
+    for those the supervisor applies: ``host_down`` listeners, ``missing_refdata`` and
+    the trade breaks (``missing_fill``, ``qty_mismatch``, ``price_mismatch``,
+    ``duplicate_exec_id``, ``order_left_open``).
 
     Returns:
         True when applied (or no lab runs), False on timeout.
