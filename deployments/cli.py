@@ -50,7 +50,7 @@ R = TypeVar("R")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-RUNBOOKS = {"sod": "start of day"}
+RUNBOOKS = {"sod": "start of day", "eod": "end of day"}
 
 Region = Annotated[str, typer.Option("--region", "-r", help="region name, e.g. emea")]
 DateOpt = Annotated[
@@ -169,7 +169,7 @@ def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = 
 
 @command(app)
 def plan(
-    runbook: Annotated[str, typer.Argument(help="sod")],
+    runbook: Annotated[str, typer.Argument(help="sod or eod")],
     region: Region,
     day: DateOpt = None,
     estate_path: EstateOpt = None,
@@ -179,17 +179,16 @@ def plan(
     """Print what a run would do, touching nothing."""
     from deployments.display import plan_renderable
     from flows.common import today_in
-    from flows.plan import build_sod_plan
+    from flows.plan import build_eod_plan, build_sod_plan
     from runbooks.loader import load_estate
 
-    check_runbook(runbook)
+    key = check_runbook(runbook)
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
     require_entitled(estate, whoami(who), "plan", runbook.lower(), region)
-    the_plan = build_sod_plan(
-        estate, region.lower(), trade_date or today_in(estate, region.lower())
-    )
+    build = {"sod": build_sod_plan, "eod": build_eod_plan}[key]
+    the_plan = build(estate, region.lower(), trade_date or today_in(estate, region.lower()))
     if as_json:
         out.print_json(the_plan.model_dump_json())
     else:
@@ -198,7 +197,7 @@ def plan(
 
 @command(app)
 def run(
-    runbook: Annotated[str, typer.Argument(help="sod")],
+    runbook: Annotated[str, typer.Argument(help="sod or eod")],
     region: Region,
     day: DateOpt = None,
     estate_path: EstateOpt = None,

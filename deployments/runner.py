@@ -56,6 +56,7 @@ def run_runbook(
     from deployments.prefect_server import ensure_server
     from flows import common
     from flows.common import RunParams, today_in
+    from flows.end_of_day import end_of_day
     from flows.start_of_day import start_of_day
 
     loaded = load_estate(estate)
@@ -69,7 +70,7 @@ def run_runbook(
         estate=str(loaded.source),
         operator=operator,
     )
-    flows = {"sod": start_of_day}
+    flows = {"sod": start_of_day, "eod": end_of_day}
     api_url = ensure_server()
     progress: Any = None
     if console is not None:

@@ -10,15 +10,25 @@ from __future__ import annotations
 import shlex
 from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 
-from runbooks.schema import Estate
+from runbooks.schema import Database, Estate
 from tasks import calendar
 from tasks.apps import health_url
+from tasks.archive import archive_plan, find_argv
+from tasks.close import region_close
 from tasks.database import STEP_TITLES
 from tasks.hosts import disk_argv, fix_store_argv, logs_argv, rotation_cutoff
-from tasks.sessions import probe_description
+from tasks.oms import orders_url, sweep_url
+from tasks.sessions import (
+    probe_description,
+    reset_due,
+    store_archive_argv,
+    store_path,
+    store_read_argv,
+)
 
 SQL_STEPS = ["refdata", "positions", "limits", "controls", "batch"]
 
@@ -244,6 +254,196 @@ def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
     return plan
 
 
+def build_eod_plan(estate: Estate, region: str, day: date) -> Plan:
+    """The end-of-day plan for one region and trade date.
+
+    Example:
+        >>> from runbooks.loader import load_estate
+        >>> plan = build_eod_plan(load_estate("runbooks/lab.yaml"), "amer", date(2026, 11, 27))
+        >>> plan.steps[1].note
+        'closes 13:00 EST (XNYS half day: Black Friday); before the close: refuse'
+    """
+    estate.region(region)
+    runs, reason, facts = calendar_facts(estate, region, day)
+    plan = Plan(
+        runbook="eod", region=region, trade_date=day, runs=runs, skip_reason=reason, calendar=facts
+    )
+    plan.steps.append(
+        PlannedStep(name="calendar", title="Calendar gate", note=reason or _session_note(facts))
+    )
+    if not runs:
+        return plan
+    reg = estate.region(region)
+    policy = estate.policy("eod")
+    close, venues = region_close(reg, day)
+    half = [f"{c} half day: {v['half_day_reason']}" for c, v in venues.items() if v["half_day"]]
+    when = close.astimezone(ZoneInfo(reg.timezone)).strftime("%H:%M %Z") if close else "?"
+    wait = f" (at most {policy.max_wait_minutes:g} min)" if policy.before_close == "wait" else ""
+    plan.steps.append(
+        PlannedStep(
+            name="close",
+            title="Market closed",
+            after=["calendar"],
+            note=f"closes {when}"
+            + (f" ({'; '.join(half)})" if half else "")
+            + f"; before the close: {policy.before_close}{wait}",
+        )
+    )
+    iso = day.isoformat()
+    oms = sorted(estate.oms_in(region).items())
+    day_orders = []
+    for name, db in oms:
+        cfg = db.oms
+        if cfg is None or not cfg.admin_url:
+            continue
+        day_orders.append(PlannedAction(target=name, action=f"GET {orders_url(cfg, iso)}"))
+        if cfg.cancel_sweep:
+            body = f'{{"trade_date": "{iso}", "tif": ["DAY"]}}'
+            day_orders.append(
+                PlannedAction(
+                    target=name,
+                    action=f"if a day order is open: POST {sweep_url(cfg)} {body}, then GET again",
+                )
+            )
+        else:
+            day_orders.append(PlannedAction(target=name, action="fail if a day order is open"))
+    plan.steps.append(
+        PlannedStep(
+            name="day_orders", title="Day orders terminal", after=["close"], actions=day_orders
+        )
+    )
+    recon_actions, booked, positions = [], [], []
+    for name, db in oms:
+        cfg = db.oms
+        assert cfg is not None
+        q = cfg.queries
+        booked += [
+            _sql(name, db, q.unbooked_fills),
+            _sql(name, db, q.fill_totals),
+        ]
+        recon_actions += [_sql(name, db, q.fills), _sql(name, db, q.drop_copy)]
+        if cfg.trade_file:
+            tf = cfg.trade_file
+            recon_actions.append(
+                PlannedAction(
+                    target=name,
+                    action=f"sftp get {tf.host}:{tf.path_for(day)} (sha256 verified), then "
+                    "match on ExecID, OrderID, symbol, side, quantity, price",
+                )
+            )
+        positions += [
+            _sql(name, db, q.start_positions),
+            _sql(name, db, q.end_positions),
+        ]
+    plan.steps += [
+        PlannedStep(
+            name="fills_booked", title="Every fill booked", after=["day_orders"], actions=booked
+        ),
+        PlannedStep(
+            name="recon",
+            title="Three-way reconciliation",
+            after=["day_orders"],
+            actions=recon_actions,
+        ),
+        PlannedStep(
+            name="positions_rolled",
+            title="Positions rolled",
+            after=["day_orders"],
+            actions=positions,
+            note="start + fills = end per account and symbol",
+        ),
+    ]
+    following = calendar.session_info(reg.primary_calendar, day).next_session or day
+    fix_actions = []
+    for name, session in sorted(estate.fix_sessions_in(region).items()):
+        where = store_path(estate, name)
+        if where is None:
+            fix_actions.append(PlannedAction(target=name, action="fail: no host keeps its store"))
+            continue
+        gw, store = where
+        fix_actions += [
+            PlannedAction(target=name, action=ssh_action(estate, gw, argv))
+            for argv in store_read_argv(store, day)
+        ]
+        fix_actions.append(
+            PlannedAction(
+                target=name,
+                action=f"if not ended for {iso}: {session.begin_string} Logon "
+                f"{session.sender_comp_id}->{session.target_comp_id} @ {session.address}:"
+                f"{session.port} with the store's next 34 (no 141), Logout 58='End of day {iso}'",
+            )
+        )
+        if reset_due(session, day, following):
+            fix_actions.append(
+                PlannedAction(
+                    target=name,
+                    action=f"{session.reset_policy} reset due: expect seqnums 1 : 1 after Logout",
+                )
+            )
+        else:
+            fix_actions += [
+                PlannedAction(target=name, action="no reset tonight: " + ssh_action(estate, gw, a))
+                for a in store_archive_argv(store, day)
+            ]
+    plan.steps.append(
+        PlannedStep(
+            name="fix_eod",
+            title="FIX sessions logged out, reset or archived",
+            after=["recon", "positions_rolled", "fills_booked"],
+            actions=fix_actions,
+        )
+    )
+    archive_actions = []
+    hosts = sorted(estate.hosts_in(region).items())
+    for name, host in hosts:
+        ap = archive_plan(name, host, day)
+        if ap is None:
+            continue
+        archive_actions += [
+            PlannedAction(target=name, action=ssh_action(estate, name, find_argv(ap))),
+            PlannedAction(
+                target=name,
+                action=f"if not archived: tar -czf {ap.partial} <files>, check tar -tzf and "
+                f"sha256sum, write {ap.manifest_file}, mv to {ap.archive}, "
+                f"write {ap.checksum_file}",
+            ),
+            PlannedAction(
+                target=name, action="after the archive's sha256 is verified: rm -f <archived files>"
+            ),
+        ]
+    plan.steps += [
+        PlannedStep(
+            name="archive",
+            title="Logs, order records and FIX stores archived",
+            after=["fix_eod"],
+            actions=archive_actions,
+        ),
+        PlannedStep(
+            name="disk_after_archive",
+            title="Disk use after archive",
+            after=["archive"],
+            actions=[
+                PlannedAction(target=f"{n}:{p}", action=ssh_action(estate, n, disk_argv(p)))
+                for n, h in hosts
+                for p in h.disk_paths
+            ],
+        ),
+        PlannedStep(
+            name="signoff",
+            title="Sign-off",
+            after=["disk_after_archive"],
+            note="breaks and problems in the report (HTML, Markdown, JSON), summary to Slack",
+        ),
+    ]
+    return plan
+
+
+def _sql(target: str, db: Database, sql: str) -> PlannedAction:
+    return PlannedAction(
+        target=target, action=f"SQL (read-only, {db.timeout_s:g} s): {' '.join(sql.split())}"
+    )
+
+
 def _max_age(estate: Estate, region: str, feed_limit: float | None) -> float:
     return feed_limit or estate.thresholds(region).feed_max_staleness_s
 
@@ -255,4 +455,4 @@ def _session_note(facts: dict[str, Any]) -> str:
 
 
 #: The plan builder of each runbook: (estate, region, trade date) -> Plan.
-PLANNERS = {"sod": build_sod_plan}
+PLANNERS = {"sod": build_sod_plan, "eod": build_eod_plan}

@@ -21,8 +21,17 @@ feed_gap             feed       the feed reports an unrecovered sequence gap
 fix_logon_rejected   session    the venue answers Logon with Logout (bad credentials)
 fix_seq_too_low      session    the venue says "MsgSeqNum too low, expecting N"
 missing_refdata      database   no instruments for the trade date
+missing_fill         database   a fill is missing on one side (``side``: oms,
+                                drop_copy, venue; default venue)
+qty_mismatch         database   a fill's quantity differs on one side (default venue)
+price_mismatch       database   a fill's price differs on one side (default drop_copy)
+duplicate_exec_id    database   an ExecID appears twice on one side (default drop_copy)
+order_left_open      database   a day order is still open after the close
 latency              ``*``      every lab answer (SSH, FIX, HTTP) waits ``ms``
 ==================== ========== ===================================================
+
+The trade breaks take ``trade_date`` (default: the region's last closed session) and
+``index`` (which fill or order of the day); see :mod:`lab.trades`.
 """
 
 from __future__ import annotations
@@ -46,6 +55,11 @@ KINDS = {
     "fix_logon_rejected": "session",
     "fix_seq_too_low": "session",
     "missing_refdata": "database",
+    "missing_fill": "database",
+    "qty_mismatch": "database",
+    "price_mismatch": "database",
+    "duplicate_exec_id": "database",
+    "order_left_open": "database",
     "latency": "*",
 }
 

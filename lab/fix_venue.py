@@ -29,6 +29,22 @@ QuickFIX acceptor, so that what passes here passes at a real venue:
 - Timers (HeartBtInt H from the Logon): a Heartbeat after H without sending, a
   TestRequest after 1.2 H without receiving, a disconnect after 2.4 H.
 
+End of the FIX day: a Logout from the firm whose 58 reads ``End of day YYYY-MM-DD`` is
+answered, then the venue applies the session's ``reset_policy`` for that trade date:
+``daily`` resets both sides to 1; ``weekly`` resets when the ``reset_weekday`` falls
+after the trade date and no later than the next session of the region's primary
+calendar (a Friday's end of day resets a Sunday-reset session); ``never`` keeps the
+numbers. Each end of day is one ``fix_logout`` line in the lab's effects log
+(``lab.effects``), each reset one ``fix_seq_reset`` line.
+
+The firm's FIX store: the venue also plays the firm's gateway engine, keeping the
+session's store on its gateway host (``estate.store_host``; ``fix_store_dir/<session>/``)
+the way a QuickFIX-style engine does: ``seqnums`` ("next to send : next expected", the
+firm's view, loaded at start so numbers survive a restart), ``session`` (when the store
+was created or last reset), ``messages.log`` (every message) and ``event.log`` (logons,
+logouts, resets, end of day). An end-of-day reset rotates the day's ``messages.log``
+and ``seqnums`` to ``*-YYYYMMDD`` for the end-of-day archive.
+
 Wire log: every message in and out (passwords masked) and every connection event, per
 session, in memory (``FixVenue.wire_log``) and appended to
 ``OPENBELL_HOME/lab/fix/<session>.log`` as tab-separated lines
@@ -55,14 +71,16 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import simplefix
 
+from lab.effects import EffectsLog
 from lab.faults import FaultBook
 from openbell.settings import get_settings
 from runbooks.schema import Estate, FixSession
@@ -80,6 +98,8 @@ SERVING_CHECK_S = 1.0
 #: After our final Logout, how long to read what is still coming before closing.
 LINGER_S = 0.5
 SECRET_TAGS = frozenset({554, 925})
+END_OF_DAY = re.compile(r"^End of day (\d{4}-\d{2}-\d{2})")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 LOGON_REJECTED_TEXT = "Logon rejected: invalid username or password"
 
 Clock = Callable[[], datetime]
@@ -105,18 +125,71 @@ class WireEntry:
 class _SessionState:
     """The venue's side of one configured session, across connections."""
 
-    def __init__(self, name: str, config: FixSession, log_path: Path) -> None:
+    def __init__(
+        self, name: str, config: FixSession, log_path: Path, store: Path | None = None
+    ) -> None:
         self.name = name
         self.config = config
         self.log_path = log_path
+        self.store = store
         self.next_in = 1
         self.next_out = 1
         self.connection: int | None = None
         self.wire: list[WireEntry] = []
+        self._load_store()
 
     def record(self, entry: WireEntry) -> None:
         self.wire.append(entry)
         _append_line(self.log_path, entry.line())
+        if self.store is not None:
+            if entry.direction == "event":
+                self.store_event(entry.text, entry.at)
+            else:
+                stamp = entry.at.astimezone(UTC).strftime("%Y%m%d-%H:%M:%S.%f")[:-3]
+                _append_line(self.store / "messages.log", f"{stamp} {entry.direction} {entry.text}")
+
+    # ---- the firm's store (the venue plays the firm's gateway engine) ------------------
+    def _load_store(self) -> None:
+        if self.store is None:
+            return
+        try:
+            text = (self.store / "seqnums").read_text()
+            firm_out, _, firm_in = text.partition(":")
+            self.next_in, self.next_out = int(firm_out), int(firm_in)
+        except (OSError, ValueError):
+            self.reset_store("store created")
+
+    def save_seqnums(self) -> None:
+        """The firm's next MsgSeqNum to send and to expect, QuickFIX's format."""
+        if self.store is not None:
+            _write_atomic(self.store / "seqnums", f"{self.next_in:010d} : {self.next_out:010d}\n")
+
+    def store_event(self, text: str, at: datetime | None = None) -> None:
+        if self.store is not None:
+            stamp = (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d-%H:%M:%S.%f")
+            _append_line(self.store / "event.log", f"{stamp[:-3]} : {text}")
+
+    def reset_store(self, why: str) -> None:
+        """Numbers back to 1 in the store, and a new creation time."""
+        if self.store is None:
+            return
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.save_seqnums()
+        _write_atomic(self.store / "session", datetime.now(UTC).strftime("%Y%m%d-%H:%M:%S") + "\n")
+        self.store_event(f"store reset: {why}")
+
+    def rotate_store(self, day: date) -> None:
+        """Keep the day's messages and final numbers as ``*-YYYYMMDD`` (once)."""
+        if self.store is None:
+            return
+        ymd = day.strftime("%Y%m%d")
+        for name in ("messages.log", "seqnums"):
+            live, dated = self.store / name, self.store / f"{name}-{ymd}"
+            if live.exists() and not dated.exists():
+                if name == "seqnums":
+                    dated.write_bytes(live.read_bytes())
+                else:
+                    live.rename(dated)
 
 
 class FixVenue:
@@ -142,12 +215,19 @@ class FixVenue:
         *,
         log_dir: Path | None = None,
         clock: Clock | None = None,
+        hosts_dir: Path | None = None,
+        effects: EffectsLog | None = None,
     ) -> None:
         self.book = book
+        self.estate = estate
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.log_dir = log_dir or get_settings().lab_dir / "fix"
+        self.hosts_dir = hosts_dir or get_settings().lab_dir / "hosts"
+        self.effects = effects or EffectsLog(self.log_dir.parent / "effects.jsonl")
         self.sessions = {
-            name: _SessionState(name, cfg, self.log_dir / f"{name}.log")
+            name: _SessionState(
+                name, cfg, self.log_dir / f"{name}.log", self._store_dir(estate, name)
+            )
             for name, cfg in estate.fix_sessions.items()
         }
         self.unidentified: list[WireEntry] = []
@@ -191,6 +271,24 @@ class FixVenue:
     def expected_seq(self, session: str) -> int:
         """The MsgSeqNum the venue expects next from the firm on this session."""
         return self.sessions[session].next_in
+
+    def _store_dir(self, estate: Estate, name: str) -> Path | None:
+        host = estate.store_host(name)
+        store_dir = estate.hosts[host].fix_store_dir if host else None
+        if host is None or not store_dir:
+            return None
+        return self.hosts_dir / host / store_dir / name
+
+    def resets_after(self, session: str, day: date) -> bool:
+        """Whether the session's reset policy resets its numbers at the end of ``day``."""
+        cfg = self.sessions[session].config
+        if cfg.reset_policy != "weekly":
+            return cfg.reset_policy == "daily"
+        region = self.estate.region(cfg.region)
+        following = _next_session(region.primary_calendar, day)
+        wanted = WEEKDAYS.index(cfg.reset_weekday or "sun")
+        span = (following - day).days
+        return any((day + timedelta(days=n)).weekday() == wanted for n in range(1, span + 1))
 
     def record_unidentified(self, entry: WireEntry) -> None:
         self.unidentified.append(entry)
@@ -284,6 +382,8 @@ class _Conversation:
         finally:
             if self.state is not None and self.state.connection == self.id:
                 self.state.connection = None
+            if self.state is not None:
+                self.state.save_seqnums()
             await self._hang_up()
 
     async def _hang_up(self) -> None:
@@ -333,6 +433,7 @@ class _Conversation:
             return False
         if _get(msg, 141) == "Y":
             state.next_in = state.next_out = 1
+            state.reset_store("141=Y on Logon")
             self._event("141=Y: sequence numbers reset to 1")
         seq = _int(_get(msg, 34)) or 0
         fault = self._logon_fault(seq)
@@ -567,6 +668,9 @@ class _Conversation:
         elif kind == "5":
             await self._send("5")
             self._event("logged out at the counterparty's request")
+            day = END_OF_DAY.match(_get(msg, 58) or "")
+            if day:
+                self._end_of_day(date.fromisoformat(day.group(1)))
             return False
         elif kind == "A":
             self._event("Logon while already logged on: ignored")
@@ -584,6 +688,32 @@ class _Conversation:
                 ],
             )
         return True
+
+    def _end_of_day(self, day: date) -> None:
+        """The firm ended its FIX day: record it, reset the numbers if the policy says so."""
+        state = self._state()
+        policy = state.config.reset_policy
+        key = f"{state.name}|{day.isoformat()}"
+        self.venue.effects.record(
+            "fix_logout",
+            state.name,
+            key=key,
+            trade_date=day.isoformat(),
+            next_in=state.next_in,
+            next_out=state.next_out,
+        )
+        state.store_event(f"End of day {day.isoformat()}: logged out")
+        if not self.venue.resets_after(state.name, day):
+            self._event(f"end of day {day}: no sequence reset ({policy})")
+            return
+        state.rotate_store(day)
+        state.next_in = state.next_out = 1
+        state.reset_store(f"end of day {day.isoformat()}, {policy} reset")
+        state.store_event(f"End of day {day.isoformat()}: sequence numbers reset to 1 ({policy})")
+        self.venue.effects.record(
+            "fix_seq_reset", state.name, key=key, trade_date=day.isoformat(), policy=policy
+        )
+        self._event(f"end of day {day}: sequence numbers reset to 1 ({policy})")
 
     async def _sequence_reset(self, msg: Any, seq: int) -> bool:
         """SequenceReset (gap fill in sequence, or reset anywhere): move next_in on."""
@@ -735,6 +865,7 @@ class _Conversation:
             poss_dup=poss_dup,
         ).encode()
         self._record("out", data)
+        state.save_seqnums()
         self.writer.write(data)
         await self.writer.drain()
         self.last_out = _now()
@@ -863,6 +994,31 @@ def _int(value: str | None) -> int | None:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+_calendars: dict[str, Any] = {}
+
+
+def _next_session(code: str, day: date) -> date:
+    """The first session of a calendar after ``day``."""
+    import exchange_calendars as xcals
+
+    if code not in _calendars:
+        _calendars[code] = xcals.get_calendar(code)
+    following = _calendars[code].date_to_session(
+        (day + timedelta(days=1)).isoformat(), direction="next"
+    )
+    return date(following.year, following.month, following.day)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("FIX venue: cannot write %s: %s", path, exc)
 
 
 def _append_line(path: Path, line: str) -> None:

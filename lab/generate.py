@@ -98,7 +98,7 @@ def generate_estate(
         )
     if any(r != r.lower() for r in regions):
         raise ValueError(f"region names must be lower case: {list(regions)}")
-    n_ports = hosts * (1 + apps_per_host) + fix_sessions + 1
+    n_ports = hosts * (1 + apps_per_host) + fix_sessions + 2
     ports = iter(free_ports(n_ports, base_port))
     doc: dict[str, Any] = {
         "version": 1,
@@ -111,10 +111,11 @@ def generate_estate(
     doc["apps"] = _apps(regions, host_names, apps_per_host, tiers, ports)
     doc["fix_sessions"] = _fix_sessions(regions, fix_sessions, ports)
     doc["feeds"] = _feeds(regions, feeds, next(ports))
-    doc["databases"] = _databases(regions)
+    doc["databases"] = _databases(regions, host_names, next(ports))
     doc["people"], doc["groups"] = _people(regions)
+    doc["runbooks"] = {"eod": {"before_close": "refuse"}}
     if approvals:
-        doc["runbooks"] = {"sod": {"approvals": approvals}}
+        doc["runbooks"]["sod"] = {"approvals": approvals}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "entitlements.yaml").write_text(
@@ -209,6 +210,9 @@ def _host(region: str, name: str, port: int) -> dict[str, Any]:
     }
     if "-gw" in name:
         host["fix_store_dir"] = "var/fix/store"
+    if name.endswith("-app001"):
+        host["order_records_dir"] = "var/oms/records"
+    host["archive_dir"] = "var/archive"
     return host
 
 
@@ -291,17 +295,27 @@ def _feeds(regions: Sequence[str], count: int, port: int) -> dict[str, Any]:
     return out
 
 
-def _databases(regions: Sequence[str]) -> dict[str, Any]:
+def _databases(
+    regions: Sequence[str], host_names: list[tuple[str, str]], admin_port: int
+) -> dict[str, Any]:
+    """One OMS per region: SQL checks, admin API, cancel sweep, the venue's trade file."""
     checks = sql_checks()
-    return {
-        f"{r}-oms": {
+    out: dict[str, Any] = {}
+    for r in regions:
+        mine = [h for region, h in host_names if region == r]
+        drop_host = next((h for h in mine if "-gw" in h), mine[0])
+        out[f"{r}-oms"] = {
             "region": r,
             "url": f"sqlite:///{HOME}/lab/oms-{r}.db",
             "timeout_s": 5,
             "checks": checks,
+            "oms": {
+                "admin_url": f"http://127.0.0.1:{admin_port}/oms/{r}-oms",
+                "cancel_sweep": True,
+                "trade_file": {"host": drop_host, "path": "var/venue/inbound/trades-{date}.csv"},
+            },
         }
-        for r in regions
-    }
+    return out
 
 
 def sql_checks(source: Path = DEFAULT_ESTATE) -> list[dict[str, Any]]:

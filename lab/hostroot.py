@@ -6,6 +6,7 @@ Each host gets ``OPENBELL_HOME/lab/hosts/<host>/`` with::
     etc/apps/<app>.json        what appctl needs: bind address, port, version, log file
     var/log var/run            logs and pid files (log_dir may name another directory)
     var/fix/store              where the estate names a fix_store_dir
+    var/oms/records            where the estate names an order_records_dir
 
 Logs are rotated like ``logrotate`` with ``copytruncate`` and ``dateext``: a ``*.log``
 not written since the host's local midnight is copied to ``<name>-YYYYMMDD`` and
@@ -46,7 +47,7 @@ def prepare_host(paths: LabPaths, estate: Estate, name: str) -> Path:
     root = paths.host_root(name)
     for rel in ("bin", "etc/apps", "var/log", "var/run", "tmp"):
         (root / rel).mkdir(parents=True, exist_ok=True)
-    for extra in (host.fix_store_dir, host.log_dir):
+    for extra in (host.fix_store_dir, host.log_dir, host.order_records_dir):
         if extra:
             inside(root, extra, f"hosts.{name}").mkdir(parents=True, exist_ok=True)
     install_tools(root / "bin")

@@ -17,6 +17,11 @@ slow_host       ``seconds`` wait before each command runs (not run if the client
                 gives up first)
 latency         ``ms`` wait before each command's answer (the command already ran)
 =============== ==================================================================
+
+A command that changes files (``tar -c``, ``rm``, ``mv``, ``cp``, ``mkdir``,
+``truncate``), sent as one quoted argv the way openbell sends commands, is recorded in
+the lab's effects log (``lab.effects``) with its argv and exit status, so tests can
+count archives written and files removed. Free shell lines are not classified.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import struct
@@ -36,6 +42,7 @@ from typing import Any
 import asyncssh
 
 from lab import keys
+from lab.effects import EffectsLog
 from lab.faults import Fault, FaultBook
 from lab.hostroot import prepare_host
 from lab.paths import LabError, LabPaths, require_loopback
@@ -45,6 +52,15 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 65536
 _KILL_GRACE_S = 2.0
+#: Programs whose runs are side effects, and the effect kind each is recorded as.
+EFFECT_KINDS = {
+    "tar": "archive",
+    "rm": "remove",
+    "mv": "move",
+    "cp": "copy",
+    "mkdir": "mkdir",
+    "truncate": "truncate",
+}
 
 
 class SshHost:
@@ -77,6 +93,7 @@ class SshHost:
         self.port = host.port
         self.root = root
         self.book = book
+        self.effects = EffectsLog(home / "lab" / "effects.jsonl")
         self._base_env = {
             "HOME": str(root),
             "PWD": str(root),
@@ -251,8 +268,21 @@ class SshHost:
             status = await self._supervise(process, proc)
         finally:
             self._procs.discard(proc)
+            self._record_effect(process.command, status)
         if status is not None:
             _report_exit(process, status)
+
+    def _record_effect(self, command: str | None, status: int | None) -> None:
+        """Log a command that changes files (see ``EFFECT_KINDS``) as a lab effect."""
+        kind, argv = effect_of(command)
+        if kind is None:
+            return
+        try:
+            self.effects.record(
+                kind, self.name, key=f"{self.name}|{shlex.join(argv)}", argv=argv, exit=status
+            )
+        except OSError as exc:
+            log.warning("host %s: cannot record effect %s: %s", self.name, kind, exc)
 
     async def _supervise(
         self, process: asyncssh.SSHServerProcess[bytes], proc: asyncio.subprocess.Process
@@ -336,6 +366,36 @@ class HostFleet:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(h.aclose() for h in self.hosts.values()))
+
+
+def effect_of(command: str | None) -> tuple[str | None, list[str]]:
+    """(effect kind, argv) of a command line, or (None, argv) when it changes nothing.
+
+    Example:
+        >>> effect_of("tar -czf a.tgz -C var log </dev/null")
+        ('archive', ['tar', '-czf', 'a.tgz', '-C', 'var', 'log'])
+        >>> effect_of("tar -tzf a.tgz </dev/null")[0] is None
+        True
+        >>> effect_of("mkdir -p x && tar -czf x/a.tgz bin")[0] is None
+        True
+    """
+    try:
+        argv = shlex.split(command or "")
+    except ValueError:
+        return None, []
+    if argv and argv[-1] == "</dev/null":
+        argv = argv[:-1]
+    joined = shlex.join(argv)
+    if not argv or command not in (joined, f"{joined} </dev/null"):
+        return None, argv  # a shell line (operators, redirections): not one program
+    kind = EFFECT_KINDS.get(os.path.basename(argv[0]))
+    if kind == "archive":
+        first = argv[1] if len(argv) > 1 else ""
+        creates = first in ("--create", "-c") or (
+            first.startswith("-") and not first.startswith("--") and "c" in first
+        )
+        kind = kind if creates else None
+    return kind, argv
 
 
 def _down_hosts(faults: list[Fault]) -> set[str]:

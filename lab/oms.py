@@ -6,15 +6,21 @@ instruments (per region venue), positions, limits, pre-trade controls for every 
 algo and finished overnight batch jobs, so the estate's SQL checks pass for any recent
 trade date. Seeding is idempotent and deterministic (same rows every time).
 
+Recent sessions also get a day of trading (orders, fills, drop copy, end positions, the
+venue's trade file and the files end of day archives): see :mod:`lab.trades`.
+
 Fault ``missing_refdata`` (target: database name; params ``trade_date``, default the
 region's current-or-next session) deletes that date's instruments; when the fault goes,
-:func:`apply_faults` puts them back. The supervisor calls it whenever the fault file
-changes; ``python -m lab.oms --estate PATH`` does it by hand.
+:func:`apply_faults` puts them back. The trade breaks (``missing_fill``,
+``qty_mismatch``, ``price_mismatch``, ``duplicate_exec_id``, ``order_left_open``) are
+applied the same way. The supervisor calls it whenever the fault file changes;
+``python -m lab.oms --estate PATH`` does it by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import sqlite3
@@ -26,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from lab import trades
 from lab.faults import Fault, FaultBook
+from lab.paths import LabPaths
 from runbooks.schema import Estate, Region
 
 if TYPE_CHECKING:
@@ -34,7 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS instruments(trade_date TEXT, symbol TEXT, tick_size REAL,
                                        lot_size INTEGER, PRIMARY KEY(trade_date, symbol));
 CREATE TABLE IF NOT EXISTS positions(trade_date TEXT, account TEXT, symbol TEXT, qty INTEGER);
@@ -50,6 +59,8 @@ CREATE INDEX IF NOT EXISTS limits_by_date ON limits(trade_date);
 CREATE INDEX IF NOT EXISTS controls_by_date ON pretrade_controls(trade_date);
 CREATE INDEX IF NOT EXISTS batch_by_date ON batch_jobs(trade_date);
 """
+    + trades.SCHEMA
+)
 
 #: (symbol, tick size, lot size) per venue calendar.
 SYMBOLS: dict[str, list[tuple[str, float, int]]] = {
@@ -153,17 +164,27 @@ def lab_databases(estate: Estate) -> dict[str, Path]:
     return found
 
 
-def seed(estate: Estate, *, today: date | None = None) -> dict[str, Path]:
+def seed(
+    estate: Estate,
+    *,
+    today: date | None = None,
+    paths: LabPaths | None = None,
+    book: FaultBook | None = None,
+) -> dict[str, Path]:
     """Create and fill every lab database (idempotent: a seeded session is left alone).
 
     Args:
         estate: the estate.
         today: the date the session window is centred on (default: today, UTC).
+        paths: the lab's files (default: the settings' ``OPENBELL_HOME``), for the trade
+            files and host files of recent days.
+        book: faults whose trade breaks to apply to new days (default: none).
 
     Returns:
         The seeded database files, by name.
     """
     today = today or datetime.now(ZoneInfo("UTC")).date()
+    paths = paths or LabPaths.of()
     done = lab_databases(estate)
     for name, path in done.items():
         region = estate.region(estate.databases[name].region)
@@ -183,18 +204,61 @@ def seed(estate: Estate, *, today: date | None = None) -> dict[str, Path]:
                 _instrument_rows(universe, [s.date().isoformat() for s in new]),
             )
         log.info("seeded %s (%s): %d new sessions", name, path, len(new))
+    sync_trading(estate, paths, book.active() if book else [], today=today)
     return done
 
 
+def sync_trading(
+    estate: Estate, paths: LabPaths, faults: list[Fault], *, today: date | None = None
+) -> dict[str, int]:
+    """Write recent days of trading that are new, or whose breaks changed.
+
+    Returns:
+        Days written, by database name.
+    """
+    state_file = paths.root / "trades-state.json"
+    try:
+        state: dict[str, dict[str, str]] = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    written = {}
+    for name, path in lab_databases(estate).items():
+        if not path.exists():
+            continue
+        region = estate.region(estate.databases[name].region)
+        local_today = today or datetime.now(ZoneInfo(region.timezone)).date()
+        days = trades.recent_sessions(
+            _calendar(region.primary_calendar, local_today), region.timezone, local_today
+        )
+        book = trades.TradingDays(
+            estate, name, estate.databases[name], _universe(region), paths, days
+        )
+        with _db(path) as conn:
+            written[name] = book.sync(conn, faults, state.setdefault(name, {}))
+        if written[name]:
+            log.info("%s: wrote %d day(s) of trading", name, written[name])
+    paths.root.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_name(f".{state_file.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(state_file)
+    return written
+
+
 def apply_faults(
-    estate: Estate, book: FaultBook, *, today: date | None = None
+    estate: Estate,
+    book: FaultBook,
+    *,
+    today: date | None = None,
+    paths: LabPaths | None = None,
 ) -> dict[str, list[str]]:
-    """Make instruments match the ``missing_refdata`` faults: delete or restore rows.
+    """Make the databases match the faults: instruments for ``missing_refdata`` deleted
+    or restored, and recent days rewritten where their trade breaks changed.
 
     Returns:
         The trade dates now missing their instruments, by database name.
     """
     faults = book.active()
+    sync_trading(estate, paths or LabPaths.of(), faults, today=today)
     result: dict[str, list[str]] = {}
     for name, path in lab_databases(estate).items():
         if not path.exists():
@@ -309,7 +373,6 @@ def _db(path: Path) -> Iterator[sqlite3.Connection]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lab.oms --estate PATH``: seed the lab databases and apply faults."""
-    from lab.paths import LabPaths
     from runbooks.loader import load_estate
 
     parser = argparse.ArgumentParser(prog="lab.oms", description=main.__doc__)
@@ -317,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     estate = load_estate(args.estate)
-    seed(estate)
-    missing = apply_faults(estate, LabPaths.of().fault_book())
+    book = LabPaths.of().fault_book()
+    seed(estate, book=book)
+    missing = apply_faults(estate, book)
     for name, days in missing.items():
         print(f"{name}: instruments missing for {', '.join(days) or 'no date'}")
     return 0

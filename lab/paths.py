@@ -4,6 +4,7 @@ Layout under ``OPENBELL_HOME/lab/``::
 
     lab.pid  lab.log  lab.json     the supervisor's pid, log and state (endpoints, ready)
     faults.json                    the FaultBook shared by every component
+    effects.jsonl                  every side effect the lab applied (lab.effects)
     hostkeys/<host>                each SSH host's ed25519 key (kept across restarts)
     hosts/<host>/                  each host's root: bin/ etc/apps/ var/log var/run ...
 
@@ -80,6 +81,10 @@ class LabPaths:
     def host_root(self, host: str) -> Path:
         """The root directory of one simulated host."""
         return self.hosts_dir / host
+
+    @property
+    def effects_file(self) -> Path:
+        return self.root / "effects.jsonl"
 
     def fault_book(self) -> FaultBook:
         return FaultBook(self.faults_file)

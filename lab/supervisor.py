@@ -1,10 +1,11 @@
 """Run the whole lab in one asyncio process, and start/stop/inspect it from outside.
 
 Inside the lab process (``python -m lab.run --estate PATH``), :func:`serve` starts every
-component of the estate — SSH hosts, the OMS databases, the feed servers and the FIX
-venue (``lab.fix_venue.start_fix_venue``, if present) — then watches the fault file:
-``host_down`` opens/closes listeners and ``missing_refdata`` deletes/restores rows as
-faults come and go. It rotates host logs daily and stops cleanly on SIGTERM.
+component of the estate — SSH hosts, the OMS databases and their admin APIs, the feed
+servers and the FIX venue (``lab.fix_venue.start_fix_venue``, if present) — then watches
+the fault file: ``host_down`` opens/closes listeners, ``missing_refdata`` deletes/restores
+rows and the trade breaks rewrite the days they fall on, as faults come and go. It
+rotates host logs daily and stops cleanly on SIGTERM.
 
 Outside, :func:`up`, :func:`down` and :func:`status` are the API the CLI, the tests and
 the benchmarks use. One lab runs per ``OPENBELL_HOME``; its pid, log and state
@@ -38,10 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from lab import oms
+from lab.effects import EffectsLog
 from lab.faults import Fault, FaultBook
 from lab.feed import FeedServers
 from lab.hostroot import rotate_logs
 from lab.hosts import HostFleet
+from lab.oms_admin import OmsAdminServers
 from lab.paths import LabError, LabPaths, pid_alive, read_pid, terminate, terminate_all
 from runbooks.schema import Estate
 
@@ -60,8 +63,9 @@ class Endpoint:
     """Something the lab listens on.
 
     Attributes:
-        name: the estate name (host, FIX session, or ``feeds@address:port``).
-        kind: ``ssh``, ``feed`` or ``fix``.
+        name: the estate name (host, FIX session, ``feeds@address:port`` or
+            ``oms-admin@address:port``).
+        kind: ``ssh``, ``feed``, ``oms_admin`` or ``fix``.
         served: False when the lab cannot serve it (e.g. no FIX venue module yet).
         listening: whether a TCP connect succeeded (None when not probed).
     """
@@ -201,7 +205,9 @@ def wait_faults_applied(home: str | Path | None = None, timeout_s: float = 10.0)
     """Wait until the running lab has acted on the current fault file.
 
     Faults read per request (feeds, apps, chronyc, slow/latency) act at once; this is
-    for those the supervisor applies: ``host_down`` listeners and ``missing_refdata``.
+    for those the supervisor applies: ``host_down`` listeners, ``missing_refdata`` and
+    the trade breaks (``missing_fill``, ``qty_mismatch``, ``price_mismatch``,
+    ``duplicate_exec_id``, ``order_left_open``).
 
     Returns:
         True when applied (or no lab runs), False on timeout.
@@ -353,6 +359,7 @@ class Lab:
     book: FaultBook
     hosts: HostFleet | None = None
     feeds: FeedServers | None = None
+    admin: OmsAdminServers | None = None
     fix_servers: list[Any] | None = field(default=None)
 
     async def start(self) -> None:
@@ -364,10 +371,12 @@ class Lab:
         faults = self.book.active()
         self.hosts = await asyncio.to_thread(HostFleet.prepare, self.estate, self.paths, self.book)
         self.hosts.open(faults)
-        await asyncio.to_thread(oms.seed, self.estate)
-        await asyncio.to_thread(oms.apply_faults, self.estate, self.book)
+        await asyncio.to_thread(oms.seed, self.estate, paths=self.paths, book=self.book)
+        await asyncio.to_thread(oms.apply_faults, self.estate, self.book, paths=self.paths)
         self.feeds = FeedServers(self.estate, self.book)
         await self.feeds.start()
+        self.admin = OmsAdminServers(self.estate, self.book, EffectsLog(self.paths.effects_file))
+        await self.admin.start()
         self.fix_servers = await _start_fix_venue(self.estate, self.book)
         await asyncio.to_thread(self.rotate_logs)
 
@@ -375,6 +384,10 @@ class Lab:
         out = [Endpoint(n, "ssh", h.address, h.port) for n, h in self.estate.hosts.items()]
         if self.feeds:
             out += [Endpoint(f"feeds@{a}:{p}", "feed", a, p) for a, p in self.feeds.endpoints]
+        if self.admin:
+            out += [
+                Endpoint(f"oms-admin@{a}:{p}", "oms_admin", a, p) for a, p in self.admin.endpoints
+            ]
         seen: set[tuple[str, int]] = set()
         for name, s in self.estate.fix_sessions.items():
             if (s.address, s.port) not in seen:
@@ -412,7 +425,7 @@ class Lab:
         assert self.hosts is not None
         self.hosts.sync(faults)
         try:
-            await asyncio.to_thread(oms.apply_faults, self.estate, self.book)
+            await asyncio.to_thread(oms.apply_faults, self.estate, self.book, paths=self.paths)
         except Exception:
             log.warning("could not apply database faults (will retry)", exc_info=True)
             return False
@@ -428,6 +441,8 @@ class Lab:
             await self.hosts.aclose()
         if self.feeds:
             await self.feeds.aclose()
+        if self.admin:
+            await self.admin.aclose()
         for server in self.fix_servers or []:
             server.close()
         for server in self.fix_servers or []:

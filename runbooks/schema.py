@@ -9,6 +9,7 @@ dependency between apps) are checked after parsing, and a dependency cycle is sh
 from __future__ import annotations
 
 import shlex
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -106,6 +107,13 @@ class Host(Model):
     disk_paths: list[str] = Field(default_factory=lambda: ["."])
     fix_store_dir: str | None = None
     log_dir: str | None = None
+    order_records_dir: str | None = Field(
+        default=None, description="the OMS's order record journals (archived at end of day)"
+    )
+    archive_dir: str | None = Field(
+        default=None,
+        description="where end of day writes the host's dated archive (e.g. a WORM mount)",
+    )
     clock_command: Command = Field(default_factory=lambda: ["chronyc", "tracking"])
 
 
@@ -142,6 +150,11 @@ class FixSession(Model):
     username: str | None = None
     password_secret: str | None = None
     timeout_s: float = Field(default=5.0, gt=0)
+    store_host: str | None = Field(
+        default=None,
+        description="gateway host holding this session's FIX store; default: the region's "
+        "first host with a fix_store_dir",
+    )
 
     @model_validator(mode="after")
     def _fixt_needs_appl_ver(self) -> FixSession:
@@ -210,6 +223,73 @@ class SqlCheck(Model):
     description: str = ""
 
 
+class TradeFile(Model):
+    """Where the venue or clearing house drops its trade file for a trade date.
+
+    ``path`` may hold ``{date}`` (YYYYMMDD) and ``{trade_date}`` (YYYY-MM-DD); the file is
+    fetched over SFTP from ``host`` with its sha256 verified end to end.
+    """
+
+    host: str
+    path: str = Field(description="e.g. var/venue/inbound/trades-{date}.csv")
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    def path_for(self, day: date) -> str:
+        return self.path.format(date=day.strftime("%Y%m%d"), trade_date=day.isoformat())
+
+
+class OmsQueries(Model):
+    """Read-only SQL end of day runs on an OMS database; each binds ``:trade_date``.
+
+    The defaults fit the lab's OMS schema; a real OMS overrides them with views or
+    queries returning the same columns.
+    """
+
+    fills: str = (
+        "SELECT exec_id, order_id, account, symbol, side, qty, price FROM fills "
+        "WHERE trade_date = :trade_date"
+    )
+    drop_copy: str = (
+        "SELECT exec_id, order_id, account, symbol, side, qty, price FROM drop_copy "
+        "WHERE trade_date = :trade_date"
+    )
+    unbooked_fills: str = (
+        "SELECT exec_id, order_id FROM fills WHERE trade_date = :trade_date AND booked_at IS NULL"
+    )
+    fill_totals: str = (
+        "SELECT o.order_id, o.cum_qty, COALESCE(SUM(f.qty), 0) AS filled_qty FROM orders o "
+        "LEFT JOIN fills f ON f.order_id = o.order_id AND f.trade_date = :trade_date "
+        "WHERE o.trade_date = :trade_date GROUP BY o.order_id, o.cum_qty"
+    )
+    start_positions: str = (
+        "SELECT account, symbol, qty FROM positions WHERE trade_date = :trade_date"
+    )
+    end_positions: str = (
+        "SELECT account, symbol, qty FROM eod_positions WHERE trade_date = :trade_date"
+    )
+
+
+class OmsEod(Model):
+    """What end of day needs of an OMS database (``databases.<name>.oms``)."""
+
+    admin_url: str | None = Field(
+        default=None, description="base URL of the OMS admin API (order status, cancel sweep)"
+    )
+    cancel_sweep: bool = Field(
+        default=False,
+        description="cancel the day orders still open after the close through the admin API",
+    )
+    trade_file: TradeFile | None = None
+    queries: OmsQueries = OmsQueries()
+    timeout_s: float = Field(default=10.0, gt=0, description="admin API calls")
+
+    @model_validator(mode="after")
+    def _sweep_needs_api(self) -> OmsEod:
+        if self.cancel_sweep and not self.admin_url:
+            raise ValueError("cancel_sweep needs admin_url")
+        return self
+
+
 class Database(Model):
     """A database reached with SQLAlchemy; the URL is a secret reference or a plain URL."""
 
@@ -218,6 +298,7 @@ class Database(Model):
     url_secret: str | None = None
     timeout_s: float = Field(default=5.0, gt=0)
     checks: list[SqlCheck] = Field(default_factory=list)
+    oms: OmsEod | None = Field(default=None, description="an OMS: end-of-day sources")
 
     @model_validator(mode="after")
     def _one_url(self) -> Database:
@@ -261,6 +342,13 @@ class RunbookPolicy(Model):
     """How one runbook behaves in this estate (``runbooks.<name>`` in the YAML)."""
 
     approvals: ApprovalPolicy | None = None
+    before_close: Literal["wait", "refuse"] = Field(
+        default="refuse",
+        description="end of day started before the region's close: wait for it, or refuse",
+    )
+    max_wait_minutes: float = Field(
+        default=120.0, gt=0, description="with before_close: wait, the longest wait; else refuse"
+    )
 
 
 class Estate(Model):
@@ -322,6 +410,18 @@ class Estate(Model):
         }
         return sorted(names)
 
+    def oms_in(self, region: str) -> dict[str, Database]:
+        """The region's databases that are OMSes (have an ``oms`` block)."""
+        return {n: d for n, d in self.databases_in(region).items() if d.oms is not None}
+
+    def store_host(self, session: str) -> str | None:
+        """The gateway host holding a FIX session's store, or None when no host has one."""
+        cfg = self.fix_sessions[session]
+        if cfg.store_host:
+            return cfg.store_host
+        gateways = sorted(n for n, h in self.hosts_in(cfg.region).items() if h.fix_store_dir)
+        return gateways[0] if gateways else None
+
     def policy(self, runbook: str) -> RunbookPolicy:
         """The estate's settings for a runbook (defaults when it names none)."""
         return self.runbooks.get(runbook) or RunbookPolicy()
@@ -377,6 +477,23 @@ class Estate(Model):
                     raise UnknownNameError(
                         "region", item.region, regions, key_path=f"{kind}.{name}.region"
                     )
+        for name, session in self.fix_sessions.items():
+            if session.store_host and session.store_host not in self.hosts:
+                raise UnknownNameError(
+                    "host",
+                    session.store_host,
+                    list(self.hosts),
+                    key_path=f"fix_sessions.{name}.store_host",
+                )
+        for name, db in self.databases.items():
+            tf = db.oms.trade_file if db.oms else None
+            if tf and tf.host not in self.hosts:
+                raise UnknownNameError(
+                    "host",
+                    tf.host,
+                    list(self.hosts),
+                    key_path=f"databases.{name}.oms.trade_file.host",
+                )
         for name, app in self.apps.items():
             for i, h in enumerate(app.hosts):
                 if h not in self.hosts:

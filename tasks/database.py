@@ -36,7 +36,8 @@ def check_params(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _runner(ctx: RunContext, name: str, db: Database) -> sql.SqlRunner:
+def sql_runner(ctx: RunContext, name: str, db: Database) -> sql.SqlRunner:
+    """The run's read-only SQL runner for one database (made once per run)."""
     if name not in ctx.sql_runners:
         url = db.url if db.url is not None else secrets.resolve(db.url_secret or "")
         ctx.sql_runners[name] = sql.SqlRunner(name, url, timeout_s=db.timeout_s)
@@ -57,7 +58,7 @@ async def check_database(ctx: RunContext, step: str) -> StepResult:
     async def probe(target: str, item: tuple[str, Database, SqlCheck]) -> Outcome:
         started = utcnow()
         name, db, check = item
-        runner = _runner(ctx, name, db)
+        runner = sql_runner(ctx, name, db)
         result = await in_thread(ctx, sql.run_check, runner, check, params)
         detail = f"{result.value!r} (expected {result.expected})"
         if check.description:

@@ -296,6 +296,75 @@ async def probe_sessions(
     return results
 
 
+@dataclass(frozen=True)
+class LogoutResult:
+    """What an end-of-day Logon/Logout exchange saw.
+
+    Attributes:
+        session: the session name.
+        text: the Logout's 58 text.
+        logon_seq: the MsgSeqNum of our Logon (continuing the day's numbers).
+        last_seq_sent: our last MsgSeqNum.
+        their_seq_seen: the counterparty's first and last MsgSeqNum seen.
+        logout_clean: whether the counterparty answered our Logout.
+        transcript: ``(direction, message)`` pairs, passwords masked.
+    """
+
+    session: str
+    text: str
+    logon_seq: int
+    last_seq_sent: int
+    their_seq_seen: tuple[int, int]
+    logout_clean: bool
+    transcript: tuple[tuple[Direction, str], ...] = ()
+
+    def evidence(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["their_seq_seen"] = list(self.their_seq_seen)
+        data["transcript"] = [list(item) for item in self.transcript]
+        return data
+
+
+async def end_of_day_logout(
+    name: str,
+    session: FixSession,
+    *,
+    seq: int,
+    text: str,
+    password: SecretStr | None = None,
+    timeout_s: float | None = None,
+) -> LogoutResult:
+    """Log on with the day's sequence numbers (no reset) and log out with ``text``.
+
+    The end of the FIX day: the Logon continues at ``seq`` (the next number in the
+    firm's store) without 141=Y, and the Logout carries ``text`` (e.g. ``End of day
+    2026-11-27``), after which a venue applies its reset schedule. The probe's own
+    state file is not touched.
+
+    Raises:
+        FixTimeoutError, FixLogonRejectedError, FixSequenceTooLowError, FixError: as
+            ``probe_session``.
+
+    Example:
+        >>> r = asyncio.run(end_of_day_logout("amer-oe", cfg, seq=4, text="End of day 2026-11-27"))
+        >>> r.logout_clean
+        True
+    """
+    budget = session.timeout_s if timeout_s is None else timeout_s
+    if password is None and session.password_secret and _sends_credentials(session):
+        password = await _resolve_password(name, session.password_secret, budget)
+    continuing = session.model_copy(update={"reset_on_logon": False})
+    probe = _Probe(name, continuing, password, "", seq)
+    log.info("FIX %s: end-of-day logon (34=%d) and Logout %r", name, seq, text)
+    try:
+        async with asyncio.timeout(budget + DEADLINE_MARGIN_S):
+            return await probe.run_logout(budget, text)
+    except TimeoutError:
+        raise FixTimeoutError(
+            name, probe.action, f"logout did not finish within {budget + DEADLINE_MARGIN_S:.1f} s"
+        ) from None
+
+
 def expected_seq_from_text(text: str | None) -> int | None:
     """The MsgSeqNum a "sequence too low" text says the counterparty expects.
 
@@ -370,6 +439,32 @@ class _Probe:
             test_request_rtt_ms=test_ms,
             heartbeat_echoed=heartbeat,
             test_req_id=self.test_req_id,
+            last_seq_sent=self.next_out - 1,
+            their_seq_seen=(first, last),
+            logout_clean=clean,
+            transcript=self._transcript(),
+        )
+
+    async def run_logout(self, budget_s: float, text: str) -> LogoutResult:
+        """Connect, log on, log out with ``text``; always close."""
+        self.deadline = _now() + budget_s
+        await self._connect()
+        try:
+            await self._logon()
+            self.action = f"Logout 58={text!r}"
+            await self._send("5", [(58, text)])
+            self.logout_sent = True
+            clean = await self._await_logout(
+                min(LOGOUT_WAIT_MAX_S, max(self._remaining(), LOGOUT_GRACE_S))
+            )
+        finally:
+            await self._close()
+        first = self.their_first if self.their_first is not None else 0
+        last = self.their_last if self.their_last is not None else first
+        return LogoutResult(
+            session=self.name,
+            text=text,
+            logon_seq=self.logon_seq,
             last_seq_sent=self.next_out - 1,
             their_seq_seen=(first, last),
             logout_clean=clean,

@@ -89,8 +89,16 @@ def _targets(ctx: RunContext) -> list[tuple[str, Host]]:
 
 
 @task(name="check_disk", cache_policy=NO_CACHE)
-async def check_disk(ctx: RunContext) -> StepResult:
-    """Disk use under the region's threshold on every path of every host."""
+async def check_disk(
+    ctx: RunContext, step: str = "disk", title: str = "Disk use under threshold"
+) -> StepResult:
+    """Disk use under the region's threshold on every path of every host.
+
+    Args:
+        ctx: the run.
+        step: the step's name (end of day checks disk again as ``disk_after_archive``).
+        title: the step's title.
+    """
     limit = ctx.estate.thresholds(ctx.region).disk_max_pct
     targets = [(f"{n}:{p}", (n, p)) for n, h in _targets(ctx) for p in h.disk_paths]
 
@@ -99,7 +107,7 @@ async def check_disk(ctx: RunContext) -> StepResult:
         res = await in_thread(ctx, ctx.ssh.run, item[0], disk_argv(item[1]))
         if not res.ok:
             return Outcome(
-                step="disk",
+                step=step,
                 target=target,
                 status=Status.FAILED,
                 started_at=started,
@@ -108,7 +116,7 @@ async def check_disk(ctx: RunContext) -> StepResult:
         pct = parse_df(res.stdout)
         status = Status.OK if pct < limit else Status.FAILED
         return Outcome(
-            step="disk",
+            step=step,
             target=target,
             status=status,
             started_at=started,
@@ -116,9 +124,7 @@ async def check_disk(ctx: RunContext) -> StepResult:
             evidence={"used_pct": pct},
         )
 
-    return await timed_step(
-        ctx, "disk", "Disk use under threshold", fan_out("disk", targets, probe)
-    )
+    return await timed_step(ctx, step, title, fan_out(step, targets, probe))
 
 
 @task(name="check_clock", cache_policy=NO_CACHE)

@@ -1,4 +1,4 @@
-"""HTTP GETs for health endpoints and feed status documents, with bounded retries.
+"""HTTP for health endpoints, feed status documents and admin APIs, with bounded retries.
 
 One ``HttpClient`` serves a whole run: it pools connections (one ``httpx.AsyncClient``
 per event loop, since pooled sockets belong to the loop that opened them) and applies
@@ -17,6 +17,9 @@ connect refused / connect timeout         retries, exponential backoff, full jit
 read timeout, connection lost mid-answer  raises ``HttpError`` at once
 the call's deadline passes                raises ``HttpError`` (no attempt outlives it)
 ========================================  ==========================================
+
+``post`` sends a JSON body and retries only a failed connect (the request never left),
+never a 5xx or a timeout: the effect of those is unknown and is settled by reading state.
 
 Redirects are not followed: a health URL that redirects (say to a login page) is a
 misconfiguration to report, not to chase.
@@ -172,16 +175,61 @@ class HttpClient:
                 answer = await http.get(feed.status_url, target="emea-equities", timeout=3)
                 answer.json["last_update"]  # '2026-11-26T08:00:00Z'
         """
+        return await self._request("GET", url, None, target, timeout, retries, retry_5xx=True)
+
+    async def post(
+        self,
+        url: str,
+        body: Any,
+        *,
+        target: str,
+        timeout: float | None = None,
+        retries: int = 2,
+    ) -> HttpResult:
+        """POST ``body`` as JSON; retry only connects that failed (nothing was sent).
+
+        Args:
+            url: the URL.
+            body: a JSON-ready value.
+            target: what the URL belongs to, for errors and logs.
+            timeout: deadline for the whole call, retries included.
+            retries: retries of a refused or timed-out connect.
+
+        Raises:
+            HttpError: as ``get``; a 5xx or a read timeout is not retried, because the
+                server may have acted.
+
+        Example:
+            Inside a coroutine::
+
+                await http.post(f"{base}/cancel-sweep", {"trade_date": "2026-11-27"},
+                                target="amer-oms")
+        """
+        return await self._request("POST", url, body, target, timeout, retries, retry_5xx=False)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        target: str,
+        timeout: float | None,
+        retries: int,
+        *,
+        retry_5xx: bool,
+    ) -> HttpResult:
         loop = asyncio.get_running_loop()
         deadline = timeout if timeout is not None else self.deadline_s
         started = loop.time()
         ends = started + deadline
-        action = f"GET {redact(url)}"
+        action = f"{method} {redact(url)}"
         attempts = 0
         while True:
             attempts += 1
             try:
-                status, reason, text, parsed = await self._attempt(url, ends - loop.time())
+                status, reason, text, parsed = await self._attempt(
+                    url, ends - loop.time(), method, body
+                )
             except _RETRYABLE_ERRORS as exc:
                 problem = _describe(exc)
             except TimeoutError:  # the call's deadline, not one of httpx's timeouts
@@ -200,7 +248,8 @@ class HttpClient:
                 if 200 <= status < 300:
                     elapsed = loop.time() - started
                     log.info(
-                        "GET %s (%s) -> %d in %.3f s, %d attempt(s)",
+                        "%s %s (%s) -> %d in %.3f s, %d attempt(s)",
+                        method,
                         redact(url),
                         target,
                         status,
@@ -210,7 +259,7 @@ class HttpClient:
                     return HttpResult(status, parsed, text, elapsed, attempts)
                 body = _snippet(text)
                 problem = f"{status} {reason}: {body}" if body else f"{status} {reason}"
-                if status < 500:
+                if status < 500 or not retry_5xx:
                     raise self._fail(target, action, started, attempts, problem)
             if attempts > retries:
                 raise self._fail(target, action, started, attempts, problem)
@@ -225,10 +274,14 @@ class HttpClient:
                     attempts,
                     f"{problem}; the {deadline:g} s deadline leaves no time to retry",
                 )
-            log.debug("GET %s (%s): %s; retrying in %.3f s", redact(url), target, problem, delay)
+            log.debug(
+                "%s %s (%s): %s; retrying in %.3f s", method, redact(url), target, problem, delay
+            )
             await asyncio.sleep(delay)
 
-    async def _attempt(self, url: str, remaining: float) -> tuple[int, str, str, Any | None]:
+    async def _attempt(
+        self, url: str, remaining: float, method: str = "GET", body: Any = None
+    ) -> tuple[int, str, str, Any | None]:
         """One request, bounded by ``remaining`` seconds: (status, reason, text, json)."""
         if remaining <= 0:
             raise TimeoutError
@@ -236,7 +289,8 @@ class HttpClient:
             min(self.read_timeout_s, remaining), connect=min(self.connect_timeout_s, remaining)
         )
         async with asyncio.timeout(remaining):
-            async with self._client().stream("GET", url, timeout=per_try) as response:
+            payload = {} if method == "GET" else {"json": body}
+            async with self._client().stream(method, url, timeout=per_try, **payload) as response:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk

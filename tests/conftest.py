@@ -20,6 +20,16 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect-client")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
+# Hypothesis' per-example deadline is a wall-time assertion, which tests never make: on a
+# shared 2-core machine it fails for load, not for a bug.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("openbell", deadline=None)
+    _hypothesis_settings.load_profile("openbell")
+except ImportError:  # hypothesis is a dev dependency
+    pass
+
 pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.sshd",

@@ -85,7 +85,7 @@ def test_a_date_that_is_not_a_date(bad: str) -> None:
 def test_unknown_runbook() -> None:
     result = invoke("plan", "lunch", "--region", "emea", "--estate", str(LAB), "--as", "carol")
     assert result.exit_code == 2
-    assert "unknown runbook 'lunch'; valid runbooks: sod" in one_error_line(result)
+    assert "unknown runbook 'lunch'; valid runbooks: sod, eod" in one_error_line(result)
 
 
 def test_plan_prints_the_calendar_decision() -> None:
@@ -106,6 +106,26 @@ def test_plan_prints_the_calendar_decision() -> None:
         "2026-11-26 is not an XNYS session (holiday: Thanksgiving): start of day skipped"
         in result.stdout
     )
+
+
+def test_plan_eod_shows_the_close_the_sweep_and_the_archive() -> None:
+    result = invoke(
+        "plan", "eod", "--region", "amer", "--date", "2026-11-27", "--estate", str(LAB), "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["runbook"] == "eod" and plan["runs"] is True
+    steps = {s["name"]: s for s in plan["steps"]}
+    assert steps["close"]["note"].startswith("closes 13:00 EST (XNYS half day")
+    actions = [a["action"] for s in plan["steps"] for a in s["actions"]]
+    assert any("POST http://127.0.0.1:42510/oms/amer-oms/cancel-sweep" in a for a in actions)
+    assert any(
+        "tar -czf var/archive/2026-11-27/amer-gw1-20261127.tar.gz.part" in a for a in actions
+    )
+    holiday = invoke(
+        "plan", "eod", "--region", "amer", "--date", "2026-11-26", "--estate", str(LAB)
+    )
+    assert holiday.exit_code == 0 and "Thanksgiving" in holiday.stdout
 
 
 def test_plan_json_has_the_exact_commands() -> None:

@@ -26,7 +26,9 @@ from openbell.settings import get_settings
 from runbooks.schema import Estate, FixSession
 from tasks.fix import (
     DEADLINE_MARGIN_S,
+    LogoutResult,
     ProbeResult,
+    end_of_day_logout,
     expected_seq_from_text,
     probe_session,
     probe_sessions,
@@ -549,3 +551,28 @@ def test_too_low_logout_with_789_only(home: Path) -> None:
     with pytest.raises(FixSequenceTooLowError) as info:
         run_against(acceptor)
     assert info.value.expected == 250
+
+
+# ---- end of day ---------------------------------------------------------------------------------
+
+
+def test_end_of_day_logout_continues_the_numbers_and_says_so(
+    estate: Estate, book: FaultBook
+) -> None:
+    session = estate.fix_sessions["oe44"]  # reset_policy daily (the default)
+
+    async def scenario(venue: FixVenue) -> tuple[LogoutResult, int, int]:
+        probe = await probe_session("oe44", session)  # 141=Y, then 3 messages each way
+        assert probe.last_seq_sent == 3
+        with pytest.raises(FixSequenceTooLowError) as low:
+            await end_of_day_logout("oe44", session, seq=2, text="End of day 2026-11-27")
+        result = await end_of_day_logout("oe44", session, seq=4, text="End of day 2026-11-27")
+        return result, low.value.expected, venue.expected_seq("oe44")
+
+    first, expected, after = with_venue(estate, book, scenario)
+    assert expected == 4  # a lower 34 is refused, never reset on the way
+    out = [t for d, t in first.transcript if d == "out"]
+    assert "|35=A|" in out[0] and "|34=4|" in out[0] and "141=Y" not in out[0]
+    assert "|35=5|" in out[1] and "|58=End of day 2026-11-27|" in out[1]
+    assert (first.logon_seq, first.last_seq_sent, first.logout_clean) == (4, 5, True)
+    assert after == 1  # the venue's daily reset at the end of the FIX day

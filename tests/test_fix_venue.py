@@ -15,7 +15,7 @@ from lab.faults import FaultBook
 from lab.fix_venue import LOGON_REJECTED_TEXT, FixVenue, start_fix_venue
 from openbell.settings import get_settings
 from runbooks.schema import Estate
-from tests.fixtures.fix import VENUE_ID, FixPeer, field, fix_estate, running_venue
+from tests.fixtures.fix import VENUE_ID, FixPeer, eod_estate, field, fix_estate, running_venue
 from tests.fixtures.services import free_port
 
 SENDERS = {"oe42": "OB42", "oe44": "OB44", "oe50": "OB50", "dc44": "OB44DC"}
@@ -534,3 +534,86 @@ def test_wire_log_file_is_per_session_and_masks_passwords(
     assert all(len(row) == 4 for row in rows)
     assert [r[1] for r in rows if r[1] != "event"] == ["in", "out", "in", "out"]
     assert not (home / "lab" / "fix" / "oe44.log").exists()
+
+
+# ---- end of the FIX day ------------------------------------------------------------------------
+def store(home: Path, session: str) -> Path:
+    return home / "lab" / "hosts" / "gw1" / "var" / "fix" / "store" / session
+
+
+@pytest.mark.parametrize(
+    ("name", "resets"), [("daily", True), ("sunday", True), ("wednesday", False), ("never", False)]
+)
+def test_an_end_of_day_logout_applies_the_reset_policy(
+    home: Path, book: FaultBook, name: str, resets: bool
+) -> None:
+    from lab.effects import EffectsLog
+
+    estate = eod_estate(home)
+
+    async def scenario(venue: FixVenue) -> None:
+        peer = await connect(estate, name)
+        await peer.logon(reset=False)
+        await peer.send("5", [(58, "End of day 2026-11-27")])  # a Friday; XLON reopens Monday
+        await peer.expect("5")
+        await peer.until_closed()
+        assert venue.expected_seq(name) == (1 if resets else 3)
+
+    run(estate, book, scenario)
+    effects = EffectsLog(home / "lab" / "effects.jsonl")
+    assert [e.key for e in effects.read(kind="fix_logout")] == [f"{name}|2026-11-27"]
+    assert len(effects.read(kind="fix_seq_reset")) == (1 if resets else 0)
+    here = store(home, name)
+    assert (here / "seqnums").read_text() == (
+        "0000000001 : 0000000001\n" if resets else "0000000003 : 0000000003\n"
+    )
+    events = (here / "event.log").read_text()
+    assert "End of day 2026-11-27: logged out" in events
+    assert ("End of day 2026-11-27: sequence numbers reset to 1" in events) is resets
+    # A reset rotates the day's messages out of the store for the archive.
+    assert (here / "messages.log-20261127").exists() is resets
+    if resets:
+        assert (here / "seqnums-20261127").read_text() == "0000000003 : 0000000003\n"
+
+
+def test_the_store_carries_sequence_numbers_across_a_venue_restart(
+    home: Path, book: FaultBook
+) -> None:
+    estate = eod_estate(home)
+
+    async def first(venue: FixVenue) -> None:
+        peer = await connect(estate, "never")
+        await peer.logon(reset=True)
+        await peer.send("5")
+        await peer.expect("5")
+        await peer.until_closed()
+
+    run(estate, book, first)
+    assert (store(home, "never") / "seqnums").read_text() == "0000000003 : 0000000003\n"
+
+    async def second(venue: FixVenue) -> None:
+        assert venue.expected_seq("never") == 3
+        peer = await connect(estate, "never")
+        peer.next_out = 3
+        answer = await peer.logon(reset=False)
+        assert field(answer, 34) == "3"
+        await peer.aclose()
+
+    run(estate, book, second)
+
+
+def test_a_plain_logout_is_not_an_end_of_day(home: Path, book: FaultBook) -> None:
+    from lab.effects import EffectsLog
+
+    estate = eod_estate(home)
+
+    async def scenario(venue: FixVenue) -> None:
+        peer = await connect(estate, "daily")
+        await peer.logon(reset=False)
+        await peer.send("5", [(58, "bye")])
+        await peer.expect("5")
+        await peer.until_closed()
+        assert venue.expected_seq("daily") == 3
+
+    run(estate, book, scenario)
+    assert EffectsLog(home / "lab" / "effects.jsonl").read() == []

@@ -58,6 +58,14 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_POST(self) -> None:
+                server.hits[self.path] += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/echo":
+                    self._send(200, json.dumps({"got": json.loads(body)}).encode())
+                else:
+                    self._send(503, b"busy", "text/plain")
+
             def do_GET(self) -> None:
                 server.hits[self.path] += 1
                 server.peers.add(self.client_address)
@@ -184,6 +192,27 @@ def test_retries_stop_when_the_deadline_leaves_no_time(server: _Server) -> None:
             client,
         )
     assert server.hits["/down"] == 1
+
+
+def test_post_sends_json_and_returns_the_answer(server: _Server) -> None:
+    body = {"trade_date": "2026-11-27", "tif": ["DAY"]}
+    answer = run(lambda h: h.post(f"{server.base}/echo", body, target="amer-oms"))
+    assert answer.status == 200 and answer.json == {"got": body}
+
+
+def test_post_is_not_retried_on_a_5xx_the_server_may_have_acted(server: _Server) -> None:
+    with pytest.raises(HttpError) as err:
+        run(lambda h: h.post(f"{server.base}/sweep", {}, target="amer-oms", retries=3))
+    assert "503" in str(err.value) and "after 1 attempt(s)" in str(err.value)
+    assert str(err.value).count("POST") == 1
+    assert server.hits["/sweep"] == 1
+
+
+def test_post_retries_a_refused_connect_nothing_was_sent() -> None:
+    url = f"http://127.0.0.1:{free_port()}/sweep"
+    with pytest.raises(HttpError) as err:
+        run(lambda h: h.post(url, {}, target="amer-oms", retries=2))
+    assert "connection failed" in str(err.value) and "after 3 attempt(s)" in str(err.value)
 
 
 def test_connection_refused_is_retried_then_reported() -> None:

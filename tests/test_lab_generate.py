@@ -40,6 +40,20 @@ def test_default_estate_is_valid_and_complete(tmp_path: Path) -> None:
     assert {s.kind for s in estate.fix_sessions.values()} == {"order_entry", "drop_copy"}
 
 
+def test_each_region_has_an_oms_for_end_of_day(tmp_path: Path) -> None:
+    estate = load_estate(generate_estate(tmp_path / "e.yaml", hosts=6))
+    for region in estate.regions:
+        db = next(iter(estate.oms_in(region).values()))
+        assert db.oms is not None and db.oms.cancel_sweep
+        assert db.oms.trade_file is not None
+        assert estate.host(db.oms.trade_file.host).fix_store_dir  # dropped on the gateway
+        assert any(h.order_records_dir for h in estate.hosts_in(region).values())
+        assert all(h.archive_dir for h in estate.hosts_in(region).values())
+        for session in estate.fix_sessions_in(region):
+            assert estate.store_host(session) is not None
+    assert estate.policy("eod").before_close == "refuse"
+
+
 def test_apps_form_the_requested_tiers_within_each_region(tmp_path: Path) -> None:
     estate = load_estate(generate_estate(tmp_path / "e.yaml", hosts=9, apps_per_host=3, tiers=4))
     for region in estate.regions:

@@ -233,3 +233,30 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def test_commands_that_change_files_are_recorded_as_effects(
+    lab_estate: tuple[Path, Estate],
+) -> None:
+    from lab.effects import EffectsLog
+    from lab.hosts import effect_of
+
+    assert effect_of("tar -czf a.tgz var/log </dev/null")[0] == "archive"
+    assert effect_of("tar -tzf a.tgz </dev/null")[0] is None
+    assert effect_of("rm -f -- 'a b' </dev/null") == ("remove", ["rm", "-f", "--", "a b"])
+    assert effect_of("cat x")[0] is None and effect_of("'unclosed")[0] is None
+
+    _, estate = lab_estate
+    host = _first(estate)
+    log = EffectsLog(LabPaths.of().effects_file)
+    before = len(log.read(target=host))
+    rc, _, _ = ssh_run(estate, host, "mkdir -p tmp/eff && tar -czf tmp/eff/x.tgz bin </dev/null")
+    assert rc == 0
+    assert len(log.read(target=host)) == before  # a shell line is not parsed as one program
+    rc, _, _ = ssh_run(estate, host, "rm -f -- tmp/eff/none </dev/null")
+    assert rc == 0
+    (removal,) = log.read(target=host)[before:]
+    assert (removal.kind, removal.detail) == (
+        "remove",
+        {"argv": ["rm", "-f", "--", "tmp/eff/none"], "exit": 0},
+    )

@@ -127,3 +127,61 @@ def _row_counts(estate: Estate) -> dict[str, tuple[int, ...]]:
                 conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables
             )
     return out
+
+
+def _recent_closed_session(estate: Estate, db: Database) -> str:
+    from lab import trades
+
+    region = estate.region(db.region)
+    local = oms.current_session(region)
+    days = trades.recent_sessions(oms._calendar(region.primary_calendar, local), region.timezone)
+    last = trades.last_closed_session(days)
+    assert last is not None
+    return last.isoformat()
+
+
+def test_recent_sessions_trade_and_every_side_agrees(lab_estate: tuple[Path, Estate]) -> None:
+    from tasks.recon import Execution, reconcile, roll_positions
+
+    _, estate = lab_estate
+    for name, db in estate.oms_in("amer").items():
+        day = _recent_closed_session(estate, db)
+        path = oms.sqlite_path(db.url or "")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            conn.row_factory = sqlite3.Row
+            q = {"trade_date": day}
+            fills = [Execution.from_row(dict(r)) for r in conn.execute(_q(db, "fills"), q)]
+            drop = [Execution.from_row(dict(r)) for r in conn.execute(_q(db, "drop_copy"), q)]
+            start = [tuple(r) for r in conn.execute(_q(db, "start_positions"), q)]
+            end = [tuple(r) for r in conn.execute(_q(db, "end_positions"), q)]
+            unbooked = conn.execute(_q(db, "unbooked_fills"), q).fetchall()
+        assert fills and not unbooked, name
+        assert reconcile({"oms": fills, "drop_copy": drop}).ok
+        assert roll_positions(start, fills, end).ok  # type: ignore[arg-type]
+
+
+def test_a_trade_break_is_applied_and_undone(
+    lab_estate: tuple[Path, Estate], lab_faults: FaultBook
+) -> None:
+    _, estate = lab_estate
+    name, db = next(iter(estate.oms_in("emea").items()))
+    day = _recent_closed_session(estate, db)
+    path = oms.sqlite_path(db.url or "")
+
+    def drop_copy_rows() -> int:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            sql = "SELECT COUNT(*) FROM drop_copy WHERE trade_date = ?"
+            return int(conn.execute(sql, (day,)).fetchone()[0])
+
+    clean = drop_copy_rows()
+    lab_faults.add("duplicate_exec_id", name)  # default: the last closed session
+    assert wait_faults_applied()
+    assert drop_copy_rows() == clean + 1
+    lab_faults.remove("duplicate_exec_id", name)
+    assert wait_faults_applied()
+    assert drop_copy_rows() == clean
+
+
+def _q(db: Database, name: str) -> str:
+    assert db.oms is not None
+    return str(getattr(db.oms.queries, name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,28 @@ def test_app_on_unknown_host_lists_known_hosts(tmp_path: Path) -> None:
     assert "emea-app1, emea-gw1" in msg
     assert exc.value.key_path is not None and exc.value.key_path.endswith(".hosts[0]")
     assert exc.value.line is not None
+
+
+def test_the_oms_block_is_checked(tmp_path: Path) -> None:
+    estate = load_estate(LAB)
+    amer = estate.databases["amer-oms"].oms
+    assert amer is not None and amer.cancel_sweep and amer.trade_file is not None
+    assert amer.trade_file.path_for(date(2026, 11, 27)) == "var/venue/inbound/trades-20261127.csv"
+    assert estate.store_host("amer-oe") == "amer-gw1"
+    assert estate.policy("eod").before_close == "refuse"
+    p = mutate(tmp_path, "{host: amer-gw1, path:", "{host: amer-gw9, path:")
+    with pytest.raises(UnknownNameError) as exc:
+        load_estate(p)
+    assert exc.value.key_path == "databases.amer-oms.oms.trade_file.host"
+    assert "amer-gw1" in str(exc.value) and exc.value.line is not None
+    p = mutate(tmp_path, "      admin_url: http://127.0.0.1:42510/oms/apac-oms\n", "")
+    with pytest.raises(EstateError) as err:
+        load_estate(p)
+    assert "cancel_sweep needs admin_url" in str(err.value)
+    p = mutate(tmp_path, "    before_close: refuse", "    before_close: maybe")
+    with pytest.raises(EstateError) as err:
+        load_estate(p)
+    assert "runbooks.eod.before_close" in str(err.value) and "wait" in str(err.value)
 
 
 def test_dependency_cycle_is_shown(tmp_path: Path) -> None:

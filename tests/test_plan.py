@@ -79,3 +79,50 @@ def test_only_the_regions_targets(estate) -> None:  # type: ignore[no-untyped-de
 def test_unknown_region(estate) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnknownNameError, match="valid regions: amer, apac, emea"):
         build_sod_plan(estate, "mars", date(2026, 11, 24))
+
+
+def test_eod_plan_on_a_half_day_lists_every_step_and_target(estate) -> None:  # type: ignore[no-untyped-def]
+    from flows.plan import build_eod_plan
+
+    plan = build_eod_plan(estate, "amer", date(2026, 11, 27))
+    assert plan.runbook == "eod" and plan.runs
+    assert [s.name for s in plan.steps] == [
+        "calendar",
+        "close",
+        "day_orders",
+        "fills_booked",
+        "recon",
+        "positions_rolled",
+        "fix_eod",
+        "archive",
+        "disk_after_archive",
+        "signoff",
+    ]
+    steps = {s.name: s for s in plan.steps}
+    assert steps["close"].note == (
+        "closes 13:00 EST (XNYS half day: Black Friday); before the close: refuse"
+    )
+    fix = [a.action for a in steps["fix_eod"].actions]
+    # amer-oe resets daily; amer-dc weekly on Sunday, which falls before Monday's session.
+    assert sum("reset due" in a for a in fix) == 2
+    assert any("Logout 58='End of day 2026-11-27'" in a for a in fix)
+    assert {a.target for a in steps["archive"].actions} == {"amer-app1", "amer-gw1"}
+    assert plan.command_count() > 10
+
+
+def test_eod_plan_keeps_the_store_when_no_reset_is_due(estate) -> None:  # type: ignore[no-untyped-def]
+    from flows.plan import build_eod_plan
+
+    plan = build_eod_plan(estate, "amer", date(2026, 11, 24))  # a Tuesday
+    fix = {s.name: s for s in plan.steps}["fix_eod"]
+    dc = [a.action for a in fix.actions if a.target == "amer-dc"]
+    assert any("no reset tonight" in a and "mv -n" in a for a in dc)
+    assert any("no reset tonight" in a and "seqnums-20261124" in a for a in dc)
+
+
+def test_eod_plan_on_a_holiday_is_only_the_calendar(estate) -> None:  # type: ignore[no-untyped-def]
+    from flows.plan import build_eod_plan
+
+    plan = build_eod_plan(estate, "emea", date(2026, 12, 25))
+    assert not plan.runs and [s.name for s in plan.steps] == ["calendar"]
+    assert "Christmas" in (plan.skip_reason or "")

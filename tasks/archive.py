@@ -1,0 +1,274 @@
+"""End-of-day archive: logs, order records and FIX stores of the day, per host.
+
+For each host with an ``archive_dir``, the day's files are those named ``*-YYYYMMDD*``
+in its ``log_dir`` (rotated logs), ``order_records_dir`` (order records) and
+``fix_store_dir`` (the FIX store kept for the day). ``ensure_day_archived`` makes sure
+they end up in ``<archive_dir>/<trade date>/<host>-YYYYMMDD.tar.gz``, next to
+``.sha256`` (the archive's digest, ``sha256sum -c`` format) and ``.manifest`` (each
+file's digest), and that the originals are removed only once the archive's checksum
+was verified on the host. The records themselves are kept at least five years by
+whatever holds ``archive_dir`` (a WORM mount, an object store sync), not by openbell.
+
+State first, then act on the difference:
+
+============================== ===============================================
+the host has                   the step
+============================== ===============================================
+no files, no archive           ok: nothing to archive
+files, no verified archive     writes, verifies, removes the files: changed
+a verified archive, no files   ok: already archived
+a verified archive, and files  removes those in the manifest with the same
+that it holds                  sha256 (a run stopped before removing): changed
+files the archive lacks        failed: they appeared after it was written
+============================== ===============================================
+
+``check_disk_after_archive`` repeats the disk check once the archive is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from openbell.errors import SshError
+from openbell.outcome import Outcome, Status, utcnow
+from openbell.run import StepResult
+from runbooks.schema import Host
+from tasks.context import RunContext, fan_out, in_thread
+from tasks.hosts import check_disk
+from tasks.steps import timed_step
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    """Where one host's day goes."""
+
+    host: str
+    sources: list[str]
+    pattern: str
+    directory: str
+    archive: str
+
+    @property
+    def checksum_file(self) -> str:
+        return f"{self.archive}.sha256"
+
+    @property
+    def manifest_file(self) -> str:
+        return f"{self.archive}.manifest"
+
+    @property
+    def partial(self) -> str:
+        return f"{self.archive}.part"
+
+
+def archive_plan(name: str, host: Host, day: date) -> ArchivePlan | None:
+    """The host's archive for the day, or None when it has no ``archive_dir``.
+
+    Example:
+        >>> h = Host(region="amer", address="127.0.0.1", user="u", log_dir="var/log",
+        ...          archive_dir="var/archive")
+        >>> archive_plan("amer-app1", h, date(2026, 11, 27)).archive
+        'var/archive/2026-11-27/amer-app1-20261127.tar.gz'
+    """
+    if not host.archive_dir:
+        return None
+    ymd = day.strftime("%Y%m%d")
+    sources = [d for d in (host.log_dir, host.order_records_dir, host.fix_store_dir) if d]
+    directory = f"{host.archive_dir.rstrip('/')}/{day.isoformat()}"
+    return ArchivePlan(
+        host=name,
+        sources=sources,
+        pattern=f"*-{ymd}*",
+        directory=directory,
+        archive=f"{directory}/{name}-{ymd}.tar.gz",
+    )
+
+
+def find_argv(plan: ArchivePlan) -> list[str]:
+    """List the day's files (not hidden ones, not our partial archives)."""
+    return [
+        "find",
+        *plan.sources,
+        "-maxdepth",
+        "2",
+        "-type",
+        "f",
+        "-name",
+        plan.pattern,
+        "!",
+        "-name",
+        ".*",
+    ]
+
+
+def parse_sha256sum(stdout: str) -> dict[str, str]:
+    """``sha256sum`` output as {path: digest}.
+
+    Example:
+        >>> parse_sha256sum("ab" * 32 + "  var/log/a.log-20261127\\n")["var/log/a.log-20261127"][:4]
+        'abab'
+    """
+    out = {}
+    for line in stdout.splitlines():
+        digest, sep, path = line.lstrip("\\").partition("  ")
+        if sep and len(digest) == 64:
+            out[path.strip()] = digest
+    return out
+
+
+class _Host:
+    """The SSH commands of one host's archive, each checked."""
+
+    def __init__(self, ctx: RunContext, plan: ArchivePlan) -> None:
+        self.ctx = ctx
+        self.plan = plan
+
+    async def run(self, argv: list[str], *, ok_codes: tuple[int, ...] = (0,)) -> str:
+        res = await in_thread(self.ctx, self.ctx.ssh.run, self.plan.host, argv)
+        if res.exit_status not in ok_codes:
+            raise SshError(self.plan.host, " ".join(argv), f"exit {res.exit_status}: {res.tail()}")
+        return str(res.stdout)
+
+    async def sha256(self, paths: list[str]) -> dict[str, str]:
+        if not paths:
+            return {}
+        return parse_sha256sum(await self.run(["sha256sum", "--", *paths]))
+
+    async def day_files(self) -> list[str]:
+        # find exits 1 when a source directory is missing; the rest is still listed.
+        out = await self.run(find_argv(self.plan), ok_codes=(0, 1))
+        return sorted(ln.strip() for ln in out.splitlines() if ln.strip())
+
+    async def verified_archive(self) -> tuple[str, dict[str, str]] | None:
+        """(digest, manifest) of an archive whose sha256 matches its .sha256, else None."""
+        p = self.plan
+        recorded = parse_sha256sum(await self.run(["cat", "--", p.checksum_file], ok_codes=(0, 1)))
+        digest = recorded.get(Path(p.archive).name)
+        if digest is None:
+            return None
+        actual = await self.sha256([p.archive]) if await self.exists(p.archive) else {}
+        if actual.get(p.archive) != digest:
+            return None
+        manifest = parse_sha256sum(await self.run(["cat", "--", p.manifest_file], ok_codes=(0, 1)))
+        return digest, manifest
+
+    async def exists(self, path: str) -> bool:
+        res = await in_thread(self.ctx, self.ctx.ssh.run, self.plan.host, ["test", "-f", path])
+        return bool(res.ok)
+
+    async def put_text(self, remote: str, text: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="openbell-archive-") as tmp:
+            local = Path(tmp) / Path(remote).name
+            local.write_text(text)
+            return str(await in_thread(self.ctx, self.ctx.ssh.put, self.plan.host, local, remote))
+
+
+async def _write_archive(h: _Host, files: list[str]) -> tuple[str, dict[str, str]]:
+    """tar, check the listing and the checksum, then publish; (digest, manifest)."""
+    p = h.plan
+    manifest = await h.sha256(files)
+    if sorted(manifest) != files:
+        raise SshError(p.host, "sha256sum", f"no checksum for {sorted(set(files) - set(manifest))}")
+    await h.run(["mkdir", "-p", "--", p.directory])
+    await h.run(["tar", "-czf", p.partial, *files])
+    listed = sorted((await h.run(["tar", "-tzf", p.partial])).split())
+    if listed != files:
+        raise SshError(p.host, f"tar -tzf {p.partial}", f"lists {listed}, expected {files}")
+    digest = (await h.sha256([p.partial]))[p.partial]
+    await h.put_text(p.manifest_file, "".join(f"{manifest[f]}  {f}\n" for f in files))
+    await h.run(["mv", "-f", "--", p.partial, p.archive])
+    await h.put_text(p.checksum_file, f"{digest}  {Path(p.archive).name}\n")
+    return digest, manifest
+
+
+@task(name="ensure_day_archived", cache_policy=NO_CACHE)
+async def ensure_day_archived(ctx: RunContext) -> StepResult:
+    """The day's logs, order records and FIX stores archived per host, then removed."""
+    plans = [
+        (n, plan)
+        for n, h in sorted(ctx.estate.hosts_in(ctx.region).items())
+        if (plan := archive_plan(n, h, ctx.trade_date)) is not None
+    ]
+
+    async def probe(name: str, plan: ArchivePlan) -> Outcome:
+        started = utcnow()
+        h = _Host(ctx, plan)
+        files = await h.day_files()
+        found = await h.verified_archive()
+        evidence: dict[str, Any] = {"archive": plan.archive, "sources": plan.sources}
+        done = ""
+        if found is None:
+            if not files:
+                return Outcome(
+                    step="archive",
+                    target=name,
+                    status=Status.OK,
+                    started_at=started,
+                    detail=f"nothing to archive for {ctx.trade_date}",
+                    evidence=evidence,
+                )
+            found = await _write_archive(h, files)
+            done = f"archived {len(files)} file(s)"
+        digest, manifest = found
+        evidence |= {"sha256": digest, "files": manifest}
+        strangers = [f for f in files if f not in manifest]
+        if strangers:
+            evidence["not_archived"] = strangers
+            return Outcome(
+                step="archive",
+                target=name,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"{len(strangers)} file(s) of {ctx.trade_date} appeared after "
+                f"{plan.archive} was written: {', '.join(strangers[:3])}",
+                evidence=evidence,
+            )
+        removable = await _unchanged(h, files, manifest)
+        if removable:
+            # The archive was verified above (sha256 on the host against .sha256).
+            await h.run(["rm", "-f", "--", *removable])
+            evidence["removed"] = removable
+            done = (done + "; " if done else "") + f"removed {len(removable)} archived file(s)"
+        return Outcome(
+            step="archive",
+            target=name,
+            status=Status.CHANGED if done else Status.OK,
+            started_at=started,
+            detail=(done or "already archived")
+            + f": {plan.archive} ({len(manifest)} files, sha256 {digest[:12]}…, verified)",
+            evidence=evidence,
+        )
+
+    note = "" if plans else "no host of the region has an archive_dir"
+    title = "Logs, order records and FIX stores archived"
+    return await timed_step(ctx, "archive", title, fan_out("archive", plans, probe), note)
+
+
+async def _unchanged(h: _Host, files: list[str], manifest: dict[str, str]) -> list[str]:
+    """Files still there whose content is what the archive holds (safe to remove)."""
+    if not files:
+        return []
+    now = await h.sha256(files)
+    changed = [f for f in files if now.get(f) != manifest.get(f)]
+    if changed:
+        raise SshError(
+            h.plan.host,
+            "compare with the manifest",
+            f"{len(changed)} archived file(s) changed since: {', '.join(changed[:3])}; "
+            "not removing them",
+        )
+    return files
+
+
+@task(name="check_disk_after_archive", cache_policy=NO_CACHE)
+async def check_disk_after_archive(ctx: RunContext) -> StepResult:
+    """Disk use under the threshold once the day is archived."""
+    result: StepResult = await check_disk.fn(ctx, "disk_after_archive", "Disk use after archive")
+    return result

@@ -1,0 +1,201 @@
+"""End of day against the lab, on a real Prefect server: reconcile, archive, report, re-run,
+breaks, the cancel sweep, the close gate."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployments.runner import run_runbook
+from lab import trades
+from lab.effects import EffectsLog
+from lab.faults import FaultBook
+from lab.paths import LabPaths
+from openbell.outcome import Outcome, Status
+from openbell.run import RunRecord
+from runbooks.schema import Estate
+from tasks import calendar
+from tasks.sessions import reset_due
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
+
+REGION = "amer"
+BRIEF_DAY = date(2026, 11, 27)  # XNYS half day: closes 13:00 New York
+
+
+def eod_day() -> date:
+    """2026-11-27 while the lab still trades it, else the last session that has closed."""
+    if (date.today() - BRIEF_DAY).days < trades.RECENT_DAYS - 3:
+        return BRIEF_DAY
+    return calendar.previous_session("XNYS", date.today())
+
+
+@pytest.fixture
+def lab(prefect_server: str, lab_estate: tuple[Path, Estate], lab_faults: FaultBook):  # type: ignore[no-untyped-def]
+    path, estate = lab_estate
+    return path, estate, lab_faults
+
+
+def run(path: Path, day: date | None = None, **kw: Any) -> RunRecord:
+    return run_runbook("eod", REGION, day or eod_day(), estate=path, **kw)
+
+
+def step(record: RunRecord, name: str) -> list[Outcome]:
+    found = [s for s in record.steps if s.name == name]
+    assert found, f"no step {name}: {[s.name for s in record.steps]}"
+    return found[0].outcomes
+
+
+def effects() -> EffectsLog:
+    return EffectsLog(LabPaths.of().effects_file)
+
+
+def break_faults(book: FaultBook, estate: Estate, kinds: list[str], day: date) -> None:
+    from lab import supervisor
+
+    (db,) = estate.oms_in(REGION)
+    for kind in kinds:
+        book.add(kind, db, trade_date=day.isoformat())
+    assert supervisor.wait_faults_applied(timeout_s=20)
+
+
+def test_end_of_day_reconciles_archives_and_reports_then_changes_nothing(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, _ = lab
+    day = eod_day()
+    ymd = day.strftime("%Y%m%d")
+    first = run(path)
+    assert first.passed, [(s.name, s.summary()) for s in first.steps if not s.passed]
+    assert [s.name for s in first.steps] == [
+        "close",
+        "day_orders",
+        "fills_booked",
+        "recon",
+        "positions_rolled",
+        "fix_eod",
+        "archive",
+        "disk_after_archive",
+    ]
+    (recon,) = step(first, "recon")
+    assert recon.status == Status.OK and recon.evidence["matched"] > 0
+    assert len(recon.evidence["trade_file"]["sha256"]) == 64
+    assert {o.status for o in step(first, "fix_eod")} == {Status.CHANGED}
+    archives = step(first, "archive")
+    assert {o.status for o in archives} == {Status.CHANGED}
+    assert all(len(o.evidence["sha256"]) == 64 and o.evidence["files"] for o in archives)
+    assert day.isoformat() in step(first, "close")[0].detail
+
+    second = run(path)
+    assert second.passed
+    assert second.counts().get("changed", 0) == 0
+    assert {o.status for o in step(second, "fix_eod") + step(second, "archive")} == {Status.OK}
+
+    # Every side effect applied once, not once per run.
+    log = effects()
+    following = calendar.session_info("XNYS", day).next_session
+    assert following is not None
+    for name, session in estate.fix_sessions_in(REGION).items():
+        key = f"{name}|{day.isoformat()}"
+        assert len(log.read(kind="fix_logout", key=key)) == 1
+        resets = len(log.read(kind="fix_seq_reset", key=key))
+        assert resets == (1 if reset_due(session, day, following) else 0)
+    for o in archives:
+        tars = [e for e in log.read(kind="archive", target=o.target) if ymd in str(e.detail)]
+        removals = [e for e in log.read(kind="remove", target=o.target) if ymd in str(e.detail)]
+        assert len(tars) == 1 and len(removals) == 1, (o.target, tars, removals)
+        assert sorted(removals[0].detail["argv"][3:]) == sorted(o.evidence["files"])
+
+    report = json.loads(Path(second.reports["json"]).read_text())
+    assert report["status"] == "ok" and report["runbook"] == "eod"
+    md = Path(first.reports["md"]).read_text()
+    assert f"End of day AMER {day}" in md and "Three-way reconciliation" in md
+
+
+BREAKS = [
+    ("missing_fill", "missing on venue"),
+    ("qty_mismatch", "qty: oms"),
+    ("price_mismatch", "price: oms"),
+    ("duplicate_exec_id", "2 rows on drop_copy"),
+]
+
+
+@pytest.mark.parametrize(("kind", "words"), BREAKS, ids=[b[0] for b in BREAKS])
+def test_a_break_fails_reconciliation_and_the_report_lists_it(  # type: ignore[no-untyped-def]
+    lab, kind: str, words: str
+) -> None:
+    path, estate, book = lab
+    break_faults(book, estate, [kind], eod_day())
+    record = run(path)
+    assert not record.passed
+    summary, *breaks = step(record, "recon")
+    assert summary.status == Status.FAILED
+    assert [b["kind"] for b in summary.evidence["breaks"]] == [
+        {"missing_fill": "missing", "duplicate_exec_id": "duplicate"}.get(kind, kind)
+    ]
+    (listed,) = breaks
+    assert words in listed.detail
+    md = Path(record.reports["md"]).read_text()
+    assert listed.detail in md.replace("\\", "")
+    others = {s.name: s.passed for s in record.steps if s.name != "recon"}
+    assert all(others.values()), others  # a venue/drop-copy break is a reconciliation matter
+
+
+def test_every_break_at_once_is_listed_in_the_report(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, book = lab
+    break_faults(book, estate, [k for k, _ in BREAKS], eod_day())
+    record = run(path)
+    summary, *breaks = step(record, "recon")
+    kinds = sorted(b["kind"] for b in summary.evidence["breaks"])
+    assert kinds == ["duplicate", "missing", "price_mismatch", "qty_mismatch"]
+    assert summary.detail.startswith("4 break(s)")
+    html = Path(record.reports["html"]).read_text()
+    md = Path(record.reports["md"]).read_text().replace("\\", "")
+    for b in breaks:
+        assert b.target.split(":", 1)[1] in html
+        assert b.detail in md
+
+
+def test_an_order_left_open_is_swept_once(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, book = lab
+    day = eod_day()
+    break_faults(book, estate, ["order_left_open"], day)
+    first = run(path)
+    (orders,) = step(first, "day_orders")
+    assert orders.status == Status.CHANGED, orders.detail
+    (canceled,) = orders.evidence["sweep"]["canceled"]
+    second = run(path)
+    assert step(second, "day_orders")[0].status == Status.OK
+    (db,) = estate.oms_in(REGION)
+    assert len(effects().read(kind="oms_cancel", key=f"{db}|{day.isoformat()}|{canceled}")) == 1
+
+
+def test_before_the_close_it_refuses_and_touches_nothing(lab) -> None:  # type: ignore[no-untyped-def]
+    path, _, _ = lab
+    upcoming = calendar.session_info("XNYS", date.today()).next_session
+    assert upcoming is not None
+    before = len(effects().read())
+    record = run(path, upcoming)
+    assert not record.passed
+    assert [s.name for s in record.steps] == ["close"]
+    assert "not closed yet" in record.steps[0].outcomes[0].detail
+    assert len(effects().read()) == before
+
+
+def test_a_holiday_is_skipped_and_a_dry_run_only_plans(lab) -> None:  # type: ignore[no-untyped-def]
+    path, _, _ = lab
+    holiday = run(path, date(2026, 11, 26))
+    assert holiday.status == Status.SKIPPED and holiday.steps == []
+    assert "Thanksgiving" in (holiday.skipped_reason or "")
+    before = len(effects().read())
+    dry = run(path, dry_run=True)
+    assert dry.steps == [] and dry.plan is not None
+    assert [s["name"] for s in dry.plan["steps"]][:3] == ["calendar", "close", "day_orders"]
+    assert len(effects().read()) == before
