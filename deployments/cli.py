@@ -60,6 +60,10 @@ EstateOpt = Annotated[
     Path | None, typer.Option("--estate", help="estate YAML (default OPENBELL_ESTATE)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+FromStep = Annotated[
+    str | None,
+    typer.Option("--from-step", help="re-do this step and the ones after it (end of day)"),
+]
 AsOpt = Annotated[
     str | None,
     typer.Option("--as", help="who you are (default: OPENBELL_OPERATOR, else your login)"),
@@ -124,6 +128,13 @@ def check_runbook(runbook: str) -> str:
     return key
 
 
+class _NoLedger:
+    """For checking a --from-step name only: no completion is known."""
+
+    def completion(self, key: Any) -> None:
+        return None
+
+
 def whoami(given: str | None) -> str:
     """The identity a command acts as: ``--as``, else OPENBELL_OPERATOR, else the login."""
     return given or get_settings().operator or getpass.getuser()
@@ -175,12 +186,14 @@ def plan(
     estate_path: EstateOpt = None,
     as_json: JsonOpt = False,
     who: AsOpt = None,
+    from_step: FromStep = None,
 ) -> None:
-    """Print what a run would do, touching nothing."""
+    """Print what a run would do, touching nothing (and what a re-run would skip)."""
     from deployments.display import plan_renderable
     from flows.common import today_in
-    from flows.plan import build_eod_plan, build_sod_plan
+    from flows.plan import annotate_rerun, build_eod_plan, build_sod_plan
     from runbooks.loader import load_estate
+    from tasks.ledger import Ledger
 
     key = check_runbook(runbook)
     trade_date = parse_date(day)
@@ -189,6 +202,8 @@ def plan(
     require_entitled(estate, whoami(who), "plan", runbook.lower(), region)
     build = {"sod": build_sod_plan, "eod": build_eod_plan}[key]
     the_plan = build(estate, region.lower(), trade_date or today_in(estate, region.lower()))
+    with Ledger() as ledger:
+        the_plan = annotate_rerun(the_plan, ledger, from_step)
     if as_json:
         out.print_json(the_plan.model_dump_json())
     else:
@@ -206,6 +221,7 @@ def run(
     ] = False,
     as_json: JsonOpt = False,
     who: AsOpt = None,
+    from_step: FromStep = None,
 ) -> None:
     """Run a runbook as a Prefect flow; exit 0 only when every check passed."""
     from deployments import runner
@@ -217,6 +233,14 @@ def run(
     estate.region(region)
     operator = whoami(who)
     require_entitled(estate, operator, "run", runbook.lower(), region)
+    if from_step:  # a typo fails now, not after the Prefect server started
+        from flows.common import today_in
+        from flows.plan import PLANNERS, annotate_rerun
+
+        day_ = trade_date or today_in(estate, region.lower())
+        annotate_rerun(
+            PLANNERS[runbook.lower()](estate, region.lower(), day_), _NoLedger(), from_step
+        )
     record = runner.run_runbook(
         runbook,
         region,
@@ -224,6 +248,7 @@ def run(
         estate=estate_path,
         dry_run=dry_run,
         operator=operator,
+        from_step=from_step,
         console=None if as_json else out,
     )
     if as_json:

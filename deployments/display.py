@@ -40,6 +40,8 @@ def plan_renderable(plan: Plan) -> Group:
         parts.append(Text(f"\n{i}. {step.title}{after}", style="bold cyan"))
         if step.note:
             parts.append(Text(f"   {step.note}"))
+        if step.rerun:
+            parts.append(Text(f"   re-run: {step.rerun}", style="magenta"))
         for a in step.actions:
             parts.append(Text(f"   - {a.target}: {a.action}"))
     parts.append(

@@ -44,6 +44,7 @@ def run_runbook(
     estate: Path | str | None = None,
     dry_run: bool = False,
     operator: str | None = None,
+    from_step: str | None = None,
     console: Console | None = None,
 ) -> RunRecord:
     """Run a runbook for a region as a Prefect flow and return its record.
@@ -69,6 +70,7 @@ def run_runbook(
         dry_run=dry_run,
         estate=str(loaded.source),
         operator=operator,
+        from_step=from_step,
     )
     flows = {"sod": start_of_day, "eod": end_of_day}
     api_url = ensure_server()

@@ -10,11 +10,12 @@ and writes the reports from the ledger alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from openbell.errors import UnknownNameError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
 from openbell.secrets import install_log_redaction, preload, redact
@@ -50,6 +52,10 @@ class RunParams(BaseModel):
     dry_run: bool = Field(default=False, description="plan only, touch nothing")
     estate: str | None = Field(default=None, description="estate YAML (default OPENBELL_ESTATE)")
     operator: str | None = Field(default=None, description="who started the run")
+    from_step: str | None = Field(
+        default=None,
+        description="re-do this step and the ones after it, whatever was recorded as done",
+    )
 
 
 def today_in(estate: Estate, region: str) -> date:
@@ -124,6 +130,11 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
     )
     plan = PLANNERS[runbook](estate, region, day)
     record = record.model_copy(update={"plan": plan.model_dump(mode="json")})
+    if params.from_step:
+        names = [s.name for s in plan.steps if s.name not in ("calendar", "signoff")]
+        if params.from_step not in names:
+            raise UnknownNameError(f"{runbook} step", params.from_step, names)
+        ctx.redo = frozenset(names[names.index(params.from_step) :])
     ledger = ctx.ledger
     await in_thread(
         ctx,
@@ -141,6 +152,84 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
         )
     del runs
     return ctx, record
+
+
+@contextlib.asynccontextmanager
+async def exclusive(ctx: RunContext) -> AsyncIterator[None]:
+    """Hold the (runbook, region, trade date) lock in the ledger for the block.
+
+    A second run for the same key waits (up to ``max_lock_wait_minutes``) or is refused
+    at once, as ``runbooks.<name>.concurrent_run`` says; it never interleaves side
+    effects with the first. The lock dies with the process that holds it. Once held,
+    earlier runs of the key that never finished (their process died) are recorded as
+    interrupted, and marked crashed in Prefect.
+
+    Raises:
+        RunLockedError: another run held the lock for the whole wait.
+    """
+    policy = ctx.estate.policy(ctx.runbook)
+    wait_s = policy.max_lock_wait_minutes * 60 if policy.concurrent_run == "wait" else 0.0
+    lock = ctx.ledger.run_lock(ctx.runbook, ctx.region, ctx.trade_date, timeout_s=wait_s)
+    # Not the run's probe pool: finish_run shuts that down inside this block.
+    await asyncio.to_thread(lock.__enter__)
+    try:
+        await _close_interrupted(ctx)
+        yield
+    finally:
+        await asyncio.to_thread(lock.__exit__, None, None, None)
+
+
+async def _close_interrupted(ctx: RunContext) -> None:
+    """Record earlier runs of this key that started and never finished (with the lock held,
+    they cannot be running)."""
+    started = await in_thread(
+        ctx,
+        ctx.ledger.find_runs,
+        region=ctx.region,
+        trade_date=ctx.trade_date,
+        runbook=ctx.runbook,
+    )
+    earlier = [e.run_id for e in started if e.run_id and e.run_id != ctx.run_id]
+    if not earlier:
+        return
+    ended = {
+        e.run_id
+        for e in await in_thread(ctx, ctx.ledger.entries, kinds=["run_finished", "run_interrupted"])
+    }
+    for run_id in earlier:
+        if run_id in ended:
+            continue
+        why = f"never finished (its process died); found by run {ctx.run_id}"
+        await in_thread(
+            ctx, ctx.ledger.append, "run_interrupted", run_id, {"reason": why, "by": ctx.run_id}
+        )
+        get_run_logger().warning(
+            "run %s of %s %s %s %s", run_id, ctx.runbook, ctx.region, ctx.trade_date, why
+        )
+        await _mark_crashed(run_id, why)
+
+
+async def _mark_crashed(flow_run_id: str, why: str) -> None:
+    """Tell Prefect that a run whose process died is over (it still shows it running)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(uuid.UUID(flow_run_id))
+            if run.state is not None and not run.state.is_final():
+                await client.set_flow_run_state(run.id, Crashed(message=why), force=True)
+    except Exception as exc:  # the ledger has it; Prefect's view is cosmetic here
+        log.info("could not mark flow run %s crashed: %s", flow_run_id, exc)
+
+
+def skipped_step(name: str, title: str, why: str, status: Status = Status.SKIPPED) -> StepResult:
+    """A step not run this time (or refused), with the reason on its one outcome."""
+    return StepResult(
+        name=name,
+        title=title,
+        outcomes=[Outcome(step=name, target=name, status=status, detail=why)],
+    )
 
 
 async def run_steps(

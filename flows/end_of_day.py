@@ -17,18 +17,35 @@ Steps (DOMAIN.md, end of day), each a Prefect task that fans out over its target
 7. check_disk_after_archive    disk use under threshold
 8. signoff                     report (HTML, Markdown, JSON) and Slack summary
 
-The ensure_* steps change things; each reads state first, so a re-run for the same
-region and trade date finds them done and reports ``ok``.
+The ensure_* steps change things. Each reads state first and acts on the difference,
+and each target it completes gets an idempotency key in the ledger (runbook, region,
+trade date, step, target): a re-run for the same region and trade date does nothing
+to a target already done and says which run did it. ``--from-step STEP`` re-does STEP
+and the steps after it. Only one run per region and trade date acts at a time (a lock
+in the ledger); a run that died is recorded as interrupted by the next one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prefect import flow
 
-from flows.common import RunParams, finish_run, open_run, run_namer, run_steps
-from openbell.run import RunRecord
+from flows.common import (
+    RunParams,
+    exclusive,
+    finish_run,
+    open_run,
+    run_namer,
+    run_steps,
+    skipped_step,
+)
+from openbell.outcome import Status
+from openbell.run import RunRecord, StepResult
 from tasks.archive import check_disk_after_archive, ensure_day_archived
 from tasks.close import check_market_closed
+from tasks.context import RunContext, in_thread
+from tasks.ledger import RunLockedError
 from tasks.oms import (
     check_fills_booked,
     check_positions_rolled,
@@ -37,6 +54,34 @@ from tasks.oms import (
 )
 from tasks.sessions import ensure_fix_end_of_day
 
+Step = Callable[[RunContext], Awaitable[StepResult]]
+
+#: After the close gate, in order; the steps of one group run at once.
+STAGES: list[list[tuple[str, Step]]] = [
+    [("day_orders", ensure_day_orders_terminal)],
+    [
+        ("fills_booked", check_fills_booked),
+        ("recon", reconcile_fills),
+        ("positions_rolled", check_positions_rolled),
+    ],
+    [("fix_eod", ensure_fix_end_of_day)],
+    [("archive", ensure_day_archived)],
+    [("disk_after_archive", check_disk_after_archive)],
+]
+
+
+async def _stages(ctx: RunContext, from_step: str | None) -> list[StepResult]:
+    """Every stage in order; before ``from_step``, steps are skipped and say why."""
+    steps: list[StepResult] = []
+    for stage in STAGES:
+        todo = [(n, fn) for n, fn in stage if not from_step or n in ctx.redo]
+        for name in [n for n, _ in stage if from_step and n not in ctx.redo]:
+            skipped = skipped_step(name, name, f"not run: restarting from {from_step}")
+            await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, skipped)
+            steps.append(skipped)
+        steps += await run_steps(ctx, [(n, fn(ctx)) for n, fn in todo])
+    return steps
+
 
 @flow(name="end-of-day", flow_run_name=run_namer("eod"), log_prints=False)
 async def end_of_day(params: RunParams) -> RunRecord:
@@ -44,20 +89,13 @@ async def end_of_day(params: RunParams) -> RunRecord:
     ctx, record = await open_run("eod", params)
     if record.skipped_reason or params.dry_run:
         return await finish_run(ctx, record, [])
-
-    steps = await run_steps(ctx, [("close", check_market_closed(ctx))])
-    if not steps[0].passed:  # not closed: touch nothing
-        return await finish_run(ctx, record, steps)
-    steps += await run_steps(ctx, [("day_orders", ensure_day_orders_terminal(ctx))])
-    steps += await run_steps(
-        ctx,
-        [
-            ("fills_booked", check_fills_booked(ctx)),
-            ("recon", reconcile_fills(ctx)),
-            ("positions_rolled", check_positions_rolled(ctx)),
-        ],
-    )
-    steps += await run_steps(ctx, [("fix_eod", ensure_fix_end_of_day(ctx))])
-    steps += await run_steps(ctx, [("archive", ensure_day_archived(ctx))])
-    steps += await run_steps(ctx, [("disk_after_archive", check_disk_after_archive(ctx))])
-    return await finish_run(ctx, record, steps)
+    try:
+        async with exclusive(ctx):
+            steps = await run_steps(ctx, [("close", check_market_closed(ctx))])
+            if steps[0].passed:  # closed: go on; else touch nothing
+                steps += await _stages(ctx, params.from_step)
+            return await finish_run(ctx, record, steps)
+    except RunLockedError as exc:
+        refused = skipped_step("lock", "One run at a time", str(exc), Status.FAILED)
+        await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, refused)
+        return await finish_run(ctx, record, [refused])

@@ -44,6 +44,7 @@ class PlannedStep(BaseModel):
     after: list[str] = Field(default_factory=list, description="steps that must finish first")
     actions: list[PlannedAction] = Field(default_factory=list)
     note: str = ""
+    rerun: str = Field(default="", description="what a run now would skip or redo, and why")
 
 
 class Plan(BaseModel):
@@ -452,6 +453,58 @@ def _session_note(facts: dict[str, Any]) -> str:
     half = " (half day)" if facts.get("half_day") else ""
     hours = f"open {facts['open_local']}, close {facts['close_local']}"
     return f"{facts['calendar']} session: {hours}{half}"
+
+
+#: The steps whose targets get idempotency keys (``tasks.idempotency``).
+SIDE_EFFECT_STEPS = ("day_orders", "fix_eod", "archive")
+
+
+def annotate_rerun(plan: Plan, ledger: Any, from_step: str | None = None) -> Plan:
+    """Say, per step, what a run started now would skip and why, from the ledger's keys.
+
+    Args:
+        plan: the plan of one runbook, region and trade date.
+        ledger: where the idempotency keys of earlier runs are.
+        from_step: the step a restart would begin with (``--from-step``).
+
+    Raises:
+        UnknownNameError: ``from_step`` is not a step of the plan; lists the valid ones.
+    """
+    from openbell.errors import UnknownNameError
+    from tasks.ledger import CompletionKey
+
+    names = [s.name for s in plan.steps if s.name not in ("calendar", "signoff")]
+    if from_step is not None and from_step not in names:
+        raise UnknownNameError(f"{plan.runbook} step", from_step, names)
+    redo = set(names[names.index(from_step) :]) if from_step else set()
+    out = plan.model_copy(deep=True)
+    for step in out.steps:
+        if from_step and step.name in names and step.name not in redo and step.name != "close":
+            step.rerun = f"skipped: before --from-step {from_step}"
+            continue
+        if step.name not in SIDE_EFFECT_STEPS:
+            continue
+        if step.name in redo:
+            step.rerun = "re-done whatever was recorded (--from-step); reads state first"
+            continue
+        targets = sorted({a.target for a in step.actions})
+        done = {}
+        for t in targets:
+            key = CompletionKey(plan.runbook, plan.region, plan.trade_date, step.name, t)
+            entry = ledger.completion(key)
+            if entry is not None:
+                done[t] = entry
+        if not done:
+            continue
+        runs = sorted({str(e.run_id)[:8] for e in done.values()})
+        when = max(e.ts for e in done.values()).strftime("%Y-%m-%d %H:%M:%SZ")
+        left = [t for t in targets if t not in done]
+        step.rerun = (
+            f"a re-run skips {len(done)} of {len(targets)} target(s), done by run "
+            f"{', '.join(runs)} (last at {when})"
+            + (f"; still to do: {', '.join(left)}" if left else "")
+        )
+    return out
 
 
 #: The plan builder of each runbook: (estate, region, trade date) -> Plan.

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         default=None, description="ledger database URL (default: SQLite under home)"
     )
     operator: str | None = Field(default=None, description="Who runs the CLI (else $USER).")
+    kill_at: str | None = Field(
+        default=None,
+        description="fault injection only: SIGKILL this process at kill point NAME#N",
+    )
+    kill_trace: Path | None = Field(
+        default=None, description="fault injection only: append every kill point reached here"
+    )
 
     def model_post_init(self, __context: object) -> None:
         object.__setattr__(self, "home", self.home.expanduser().resolve())

@@ -349,6 +349,14 @@ class RunbookPolicy(Model):
     max_wait_minutes: float = Field(
         default=120.0, gt=0, description="with before_close: wait, the longest wait; else refuse"
     )
+    concurrent_run: Literal["wait", "refuse"] = Field(
+        default="refuse",
+        description="a second run for the same region and trade date: wait for the first, or "
+        "refuse at once",
+    )
+    max_lock_wait_minutes: float = Field(
+        default=30.0, gt=0, description="with concurrent_run: wait, the longest wait"
+    )
 
 
 class Estate(Model):

@@ -36,12 +36,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from openbell import chaos
 from openbell.errors import SshError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
 from runbooks.schema import Host
 from tasks.context import RunContext, fan_out, in_thread
 from tasks.hosts import check_disk
+from tasks.idempotency import idempotent
 from tasks.steps import timed_step
 
 
@@ -132,6 +134,7 @@ class _Host:
 
     async def run(self, argv: list[str], *, ok_codes: tuple[int, ...] = (0,)) -> str:
         res = await in_thread(self.ctx, self.ctx.ssh.run, self.plan.host, argv)
+        chaos.point(f"archive:{self.plan.host}:{argv[0]}")
         if res.exit_status not in ok_codes:
             raise SshError(self.plan.host, " ".join(argv), f"exit {res.exit_status}: {res.tail()}")
         return str(res.stdout)
@@ -248,7 +251,8 @@ async def ensure_day_archived(ctx: RunContext) -> StepResult:
 
     note = "" if plans else "no host of the region has an archive_dir"
     title = "Logs, order records and FIX stores archived"
-    return await timed_step(ctx, "archive", title, fan_out("archive", plans, probe), note)
+    work = fan_out("archive", plans, idempotent(ctx, "archive", probe))
+    return await timed_step(ctx, "archive", title, work, note)
 
 
 async def _unchanged(h: _Host, files: list[str], manifest: dict[str, str]) -> list[str]:

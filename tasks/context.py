@@ -51,6 +51,7 @@ class RunContext:
         parameters: the run's parameters as JSON values (bound into approvals).
         runbook_version: openbell's version and the estate file's sha256.
         dry_run: plan only.
+        redo: steps whose idempotency keys are ignored (``--from-step``).
     """
 
     estate: Estate
@@ -70,6 +71,7 @@ class RunContext:
     parameters: dict[str, Any] = field(default_factory=dict)
     runbook_version: str = ""
     dry_run: bool = False
+    redo: frozenset[str] = frozenset()
     _pool: ThreadPoolExecutor | None = None
 
     @property

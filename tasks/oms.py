@@ -29,12 +29,14 @@ from urllib.parse import quote
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from openbell import chaos
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
 from openbell.settings import get_settings
 from runbooks.schema import Database, OmsEod
 from tasks.context import RunContext, fan_out, in_thread
 from tasks.database import sql_runner
+from tasks.idempotency import completion_key, idempotent
 from tasks.recon import Execution, reconcile, roll_positions
 from tasks.steps import timed_step
 
@@ -111,12 +113,16 @@ async def ensure_day_orders_terminal(ctx: RunContext) -> StepResult:
                         f"{_list(day_open)} (cancel_sweep is off for {name})",
                         evidence=evidence,
                     )
+                # The key makes the sweep idempotent at the OMS too: asked twice (a
+                # retry after a lost answer), it cancels once and answers the same.
+                request_id = completion_key(ctx, "day_orders", name).digest()
                 swept = await http.post(
                     sweep_url(cfg),
-                    {"trade_date": day, "tif": ["DAY"]},
+                    {"trade_date": day, "tif": ["DAY"], "request_id": request_id},
                     target=name,
                     timeout=cfg.timeout_s,
                 )
+                chaos.point(f"day_orders:{name}:swept")
                 result = swept.json if isinstance(swept.json, dict) else {}
                 evidence["sweep"] = {
                     "canceled": result.get("canceled", []),
@@ -144,7 +150,7 @@ async def ensure_day_orders_terminal(ctx: RunContext) -> StepResult:
                     evidence=evidence,
                 )
 
-            return await fan_out("day_orders", targets, probe)
+            return await fan_out("day_orders", targets, idempotent(ctx, "day_orders", probe))
 
     note = "" if targets else "no OMS with an admin_url in this region"
     return await timed_step(ctx, "day_orders", "Day orders terminal", work(), note)

@@ -15,12 +15,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from openbell import chaos
 from openbell.errors import FixError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
 from runbooks.schema import Estate, FixSession
 from tasks import calendar, fix
 from tasks.context import RunContext, fan_out, in_thread
+from tasks.idempotency import idempotent
 from tasks.steps import timed_step
 
 
@@ -203,6 +205,7 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
             result = await fix.end_of_day_logout(
                 name, session, seq=before.seqnums[0], text=f"End of day {day.isoformat()}"
             )
+            chaos.point(f"fix_eod:{name}:logged_out")
             evidence["logout"] = result.evidence()
             done.append(f"logged out (34={result.logon_seq}..{result.last_seq_sent})")
         after = await _read_store(ctx, host, store) if done else before
@@ -247,5 +250,5 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
         ctx,
         "fix_eod",
         "FIX sessions logged out, reset or archived",
-        fan_out("fix_eod", sessions, probe),
+        fan_out("fix_eod", sessions, idempotent(ctx, "fix_eod", probe)),
     )

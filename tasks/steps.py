@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from openbell import chaos
 from openbell.outcome import Outcome, utcnow
 from openbell.run import StepResult
 from tasks.context import RunContext, in_thread
@@ -18,6 +19,7 @@ async def timed_step(
     of what was done survives the flow process dying at the next step.
     """
     started = utcnow()
+    chaos.point(f"{name}:begin")
     ctx.emit(name, "start", title)
     outcomes = await work
     result = StepResult(
@@ -30,5 +32,6 @@ async def timed_step(
     )
     if ctx.ledger is not None:
         await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, result)
+    chaos.point(f"{name}:end")
     ctx.emit(name, "done", result)
     return result

@@ -40,7 +40,19 @@ def eod_day() -> date:
 
 
 @pytest.fixture
-def lab(prefect_server: str, lab_estate: tuple[Path, Estate], lab_faults: FaultBook):  # type: ignore[no-untyped-def]
+def lab(  # type: ignore[no-untyped-def]
+    prefect_server: str,
+    lab_estate: tuple[Path, Estate],
+    lab_faults: FaultBook,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The lab, and a ledger of this test's own: the lab's day is reset between tests (the
+    breaks reopen orders, rewrite fills), so keys recorded by another test do not apply."""
+    from openbell.settings import get_settings
+
+    monkeypatch.setenv("OPENBELL_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    get_settings.cache_clear()
     path, estate = lab_estate
     return path, estate, lab_faults
 

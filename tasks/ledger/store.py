@@ -839,9 +839,19 @@ class Ledger:
 
     def completed(self, key: runs.CompletionKey) -> bool:
         """Whether the work ``key`` names was recorded as done."""
-        q = select(T.c.seq).where(T.c.ref == key.digest(), T.c.kind == "completion").limit(1)
+        return self.completion(key) is not None
+
+    def completion(self, key: runs.CompletionKey) -> Entry | None:
+        """The ``completion`` entry of the work ``key`` names (the first), or None."""
+        q = (
+            select(*_COLUMNS)
+            .where(T.c.ref == key.digest(), T.c.kind == "completion")
+            .order_by(T.c.seq)
+            .limit(1)
+        )
         with self._read() as conn:
-            return conn.execute(q).first() is not None
+            row = conn.execute(q).first()
+        return Entry.from_raw(RawEntry._make(row)) if row else None
 
     def record_completion(
         self, key: runs.CompletionKey, *, run_id: str | None, detail: str = ""
