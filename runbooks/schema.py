@@ -257,10 +257,28 @@ class ApprovalPolicy(Model):
     )
 
 
+class RunbookSchedule(Model):
+    """When a runbook runs by itself: minutes before or after the primary venue's open or close.
+
+    Written in the venue's own terms, so daylight saving and half days need no edits:
+    ``{at: open, offset_minutes: -45}`` is 08:45 New York on every XNYS session, and
+    ``{at: close, offset_minutes: 20}`` is 13:20 on a 13:00 half day. Runs are made only
+    for sessions of the region's primary calendar.
+    """
+
+    at: Literal["open", "close"] = Field(description="the session event the time follows")
+    offset_minutes: int = Field(
+        default=0, ge=-720, le=720, description="minutes after (+) or before (-) it"
+    )
+
+
 class RunbookPolicy(Model):
     """How one runbook behaves in this estate (``runbooks.<name>`` in the YAML)."""
 
     approvals: ApprovalPolicy | None = None
+    schedule: RunbookSchedule | None = Field(
+        default=None, description="run by itself on every session; none: only when asked"
+    )
 
 
 class Estate(Model):
@@ -388,11 +406,11 @@ class Estate(Model):
                 raise UnknownNameError(
                     "runbook", rb, list(RUNBOOK_NAMES), key_path=f"runbooks.{rb}"
                 )
-            group = policy.approvals.approver_group if policy.approvals else None
-            if group and self.groups and group not in self.groups:
+            approvers = policy.approvals.approver_group if policy.approvals else None
+            if approvers and self.groups and approvers not in self.groups:
                 raise UnknownNameError(
                     "group",
-                    group,
+                    approvers,
                     list(self.groups),
                     key_path=f"runbooks.{rb}.approvals.approver_group",
                 )
