@@ -6,7 +6,6 @@ from collections import Counter
 from datetime import datetime
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from deployments.catchup import CatchUp
@@ -73,20 +72,21 @@ def calendar_table(estate: Estate, region: str, days: list[CalendarDay]) -> Rend
 
 
 def doctor_table(checks: list[Check]) -> RenderableType:
-    """Every check, worst first within its area."""
-    table = Table(show_edge=False, pad_edge=False, show_header=True)
-    table.add_column("")
-    table.add_column("area")
-    table.add_column("subject")
-    table.add_column("detail", overflow="fold")
+    """One line per check (never wrapped), then the count of failures and warnings."""
+    lines: list[RenderableType] = []
     for c in checks:
-        table.add_row(Text(c.level, style=_LEVEL_STYLE[c.level]), c.area, c.subject, Text(c.detail))
+        line = Text(f"{c.level:<5}", style=_LEVEL_STYLE[c.level])
+        line.append(f"{c.area:<11}{c.subject}: {c.detail}")
+        lines.append(line)
     levels = Counter(c.level for c in checks)
-    summary = Text(
-        f"{levels['fail']} failed, {levels['warn']} warnings, {levels['ok']} ok",
-        style=_LEVEL_STYLE["fail" if levels["fail"] else "warn" if levels["warn"] else "ok"],
+    worst = "fail" if levels["fail"] else "warn" if levels["warn"] else "ok"
+    lines.append(
+        Text(
+            f"{levels['fail']} failed, {levels['warn']} warnings, {levels['ok']} ok",
+            style=_LEVEL_STYLE[worst],
+        )
     )
-    return Group(table, summary)
+    return Group(*lines)
 
 
 def deploy_summary(report: DeployReport) -> RenderableType:

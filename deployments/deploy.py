@@ -646,11 +646,11 @@ async def top_up(
         if rb not in RUNBOOKS:
             changes.append(
                 Change(
-                    "run",
-                    f"{rb}-*",
+                    "schedule",
+                    rb,
                     "skipped",
-                    f"runbooks.{rb}.schedule is set but no flow is registered for {rb!r} "
-                    f"(registered: {', '.join(RUNBOOKS)})",
+                    f"runbooks.{rb}.schedule is set but no flow is registered for {rb!r} yet "
+                    f"(registered: {', '.join(RUNBOOKS)}; deployments/registry.py)",
                 )
             )
     planned = runs_between(estate, now, end, regions=regions, runbooks=scheduled)
@@ -678,6 +678,7 @@ async def runbook_slot(
         DeployError: the slot stayed busy for ``wait_s`` (another run of it is going).
     """
     from prefect.concurrency.asyncio import concurrency
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     async with prefect_client(api_url) as client:
         deployments = await read_openbell_deployments(client)
@@ -687,6 +688,8 @@ async def runbook_slot(
         yield None
         return
     async with AsyncExitStack() as stack:
+        # The slot is taken on (and its lease renewed with) the same server.
+        stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
         try:
             # strict: a limit that vanished is an error, not a silent free-for-all; a
             # lease renewal hiccup must not kill a long end of day, hence the explicit False.

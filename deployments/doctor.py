@@ -230,6 +230,14 @@ async def _due_checks(
 ) -> list[Check]:
     start = now - timedelta(days=lookback_days)
     statuses = await run_statuses(client, estate, start, now, now=now, grace=grace)
+    deployments = await read_openbell_deployments(client)
+    # A run due before its deployment existed was never openbell's to run.
+    statuses = [
+        s
+        for s in statuses
+        if (dep := deployments.get(RUNBOOKS[s.planned.runbook].deployment_name(s.planned.region)))
+        and (dep.created is None or dep.created <= s.planned.run_utc)
+    ]
     checks: list[Check] = []
     fine = 0
     for s in statuses:
