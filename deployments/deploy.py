@@ -305,7 +305,10 @@ async def prefect_client(api_url: str | None = None) -> AsyncIterator[PrefectCli
                     f"{exc.request.method} {exc.request.url.path}: {body}"
                 ) from None
             except httpx.TransportError as exc:
-                raise DeployError(f"Prefect API at {api_url} did not answer: {exc}") from None
+                raise DeployError(
+                    f"Prefect API at {api_url} does not answer ({exc}); start it, or set "
+                    "PREFECT_API_URL"
+                ) from None
 
 
 async def ensure_work_pools(

@@ -73,7 +73,8 @@ def calendar_checks(
 ) -> list[Check]:
     """Sessions inside the horizon and daylight-saving changes ahead, per region."""
     checks: list[Check] = []
-    scheduled = [rb for rb in scheduled_runbooks(estate) if rb in RUNBOOKS]
+    # Every schedule of the estate, registered flow or not: the times are the estate's.
+    scheduled = list(scheduled_runbooks(estate))
     for name, region in sorted(estate.regions.items()):
         code = region.primary_calendar
         tz = ZoneInfo(str(get_calendar(code, now.date()).tz))
@@ -119,7 +120,9 @@ async def prefect_checks(
     checks: list[Check] = []
     try:
         async with prefect_client(api_url) as client:
-            await client.api_healthcheck()
+            problem = await client.api_healthcheck()  # returns the error, does not raise
+            if problem is not None:
+                raise problem
             checks.append(Check("prefect", api_url, "ok", "the server answers"))
             checks += await _pool_checks(client, estate)
             checks += await _deployment_checks(client, estate, horizon_days)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from deployments.cli import app
@@ -100,8 +101,9 @@ def test_a_second_deploy_changes_nothing(
     monkeypatch.setenv("PREFECT_API_URL", deployed.api_url)
     path = tmp_path / "prefect.yaml"
     path.write_text(deployed.prefect_yaml.read_text())
+    estate = str(deployed.estate.source)
     result = CliRunner().invoke(
-        app, ["deploy", "--estate", str(LAB), "--prefect-yaml", str(path), "--json"]
+        app, ["deploy", "--estate", estate, "--prefect-yaml", str(path), "--json"]
     )
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
@@ -110,7 +112,7 @@ def test_a_second_deploy_changes_nothing(
         "work pool", "deployment", "run", "file",
     }  # fmt: skip
 
-    human = CliRunner().invoke(app, ["deploy", "--estate", str(LAB), "--prefect-yaml", str(path)])
+    human = CliRunner().invoke(app, ["deploy", "--estate", estate, "--prefect-yaml", str(path)])
     assert human.exit_code == 0
     assert "0 changes; unchanged: 6 deployments, 1 file" in human.stdout
     assert "skipped schedule eod: runbooks.eod.schedule is set but no flow" in human.stdout
@@ -119,12 +121,13 @@ def test_a_second_deploy_changes_nothing(
 def test_a_moved_schedule_moves_the_runs_and_a_removed_one_removes_them(
     deployed: Deployed, tmp_path: Path
 ) -> None:
-    later = tmp_path / "later.yaml"
-    later.write_text(LAB.read_text().replace("offset_minutes: -45", "offset_minutes: -30"))
-    none = tmp_path / "none.yaml"
-    none.write_text(
-        LAB.read_text().replace("    schedule: {at: open, offset_minutes: -45}\n", "", 1)
-    )
+    source = Path(str(deployed.estate.source))
+    lab = yaml.safe_load(source.read_text())
+    later, none = tmp_path / "later.yaml", tmp_path / "none.yaml"
+    lab["runbooks"]["sod"]["schedule"]["offset_minutes"] = -30
+    later.write_text(yaml.safe_dump(lab))
+    del lab["runbooks"]["sod"]
+    none.write_text(yaml.safe_dump(lab))
     now = datetime.now(UTC)
 
     def go(path: Path, dry_run: bool = False):  # type: ignore[no-untyped-def]
@@ -147,7 +150,7 @@ def test_a_moved_schedule_moves_the_runs_and_a_removed_one_removes_them(
     assert removed.count("run", "removed") == len(planned)
     assert asyncio.run(_runs(deployed.api_url, planned)) == {}
 
-    back = go(LAB)
+    back = go(source)
     assert back.count("run", "created") == len(planned)
     again = asyncio.run(_runs(deployed.api_url, planned))
     assert {k: scheduled_at(r) for k, r in again.items()} == {
