@@ -136,6 +136,7 @@ def test_a_moved_schedule_moves_the_runs_and_a_removed_one_removes_them(
         )
 
     planned = horizon_runs(deployed, now)
+    go(source)  # the horizon has moved on since the first deploy: top it up to `now`
     dry = go(later, dry_run=True)
     assert dry.count("run", "would be rescheduled") == len(planned)
     moved = go(later)
