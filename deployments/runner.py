@@ -54,11 +54,11 @@ def run_runbook(
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from deployments.deploy import runbook_slot
     from deployments.prefect_server import ensure_server
+    from deployments.registry import get_runbook
     from flows import common
     from flows.common import RunParams, today_in
-    from flows.end_of_day import end_of_day
-    from flows.start_of_day import start_of_day
 
     loaded = load_estate(estate)
     loaded.region(region)
@@ -72,21 +72,28 @@ def run_runbook(
         operator=operator,
         from_step=from_step,
     )
-    flows = {"sod": start_of_day, "eod": end_of_day}
+    flow = get_runbook(runbook).load_flow()
     api_url = ensure_server()
     progress: Any = None
     if console is not None:
         from deployments.display import Progress
 
         progress = Progress(console)
+
+    async def guarded() -> Any:
+        # The deployment's concurrency slot: never side by side with a scheduled run.
+        async with runbook_slot(api_url, runbook, region.lower()):
+            running: Any = flow(params, return_state=True)  # an async flow: a coroutine
+            return await running
+
     with temporary_settings({PREFECT_API_URL: api_url}):
         common.progress_listener = progress
         try:
             if progress:
                 with progress:
-                    state = _run(flows[runbook](params, return_state=True))
+                    state = _run(guarded())
             else:
-                state = _run(flows[runbook](params, return_state=True))
+                state = _run(guarded())
         finally:
             common.progress_listener = None
     result = state.result(raise_on_failure=False)

@@ -338,6 +338,21 @@ class ApprovalPolicy(Model):
     )
 
 
+class RunbookSchedule(Model):
+    """When a runbook runs by itself: minutes before or after the primary venue's open or close.
+
+    Written in the venue's own terms, so daylight saving and half days need no edits:
+    ``{at: open, offset_minutes: -45}`` is 08:45 New York on every XNYS session, and
+    ``{at: close, offset_minutes: 20}`` is 13:20 on a 13:00 half day. Runs are made only
+    for sessions of the region's primary calendar.
+    """
+
+    at: Literal["open", "close"] = Field(description="the session event the time follows")
+    offset_minutes: int = Field(
+        default=0, ge=-720, le=720, description="minutes after (+) or before (-) it"
+    )
+
+
 class RunbookPolicy(Model):
     """How one runbook behaves in this estate (``runbooks.<name>`` in the YAML)."""
 
@@ -356,6 +371,9 @@ class RunbookPolicy(Model):
     )
     max_lock_wait_minutes: float = Field(
         default=30.0, gt=0, description="with concurrent_run: wait, the longest wait"
+    )
+    schedule: RunbookSchedule | None = Field(
+        default=None, description="run by itself on every session; none: only when asked"
     )
 
 

@@ -409,3 +409,44 @@ def test_report_errors_are_one_line(report_ledger: Path, args: list[str], words:
     text = one_error_line(result)
     for word in words:
         assert word in text
+
+
+def test_calendar_shows_holidays_half_days_and_run_times() -> None:
+    result = invoke(
+        "calendar", "--region", "amer", "--from", "2026-11-25", "-n", "5", "--estate", str(LAB)
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("amer: XNYS, America/New_York; sod at open - 45 min, eod at close")
+    assert "2026-11-26 Thu  holiday: Thanksgiving" in lines
+    assert (
+        "2026-11-27 Fri  half day   09:30-13:00  sod 08:45 EST = 13:45 UTC  "
+        "eod 13:20 EST = 18:20 UTC  Black Friday"
+    ) in lines
+    assert "(2 weekend days not listed)" in lines
+
+
+def test_calendar_json_puts_tokyo_start_of_day_on_the_previous_utc_day() -> None:
+    result = invoke(
+        "calendar", "-r", "apac", "--from", "2026-11-24", "-n", "1", "--json", "--estate", str(LAB)
+    )
+    assert result.exit_code == 0, result.output
+    (day,) = json.loads(result.stdout)["apac"]
+    sod = next(r for r in day["runs"] if r["runbook"] == "sod")
+    assert (sod["name"], sod["run_local"], sod["run_utc"]) == (
+        "sod-apac-2026-11-24",
+        "2026-11-24T08:15:00+09:00",
+        "2026-11-23T23:15:00+00:00",
+    )
+
+
+def test_calendar_unknown_region_is_one_line() -> None:
+    result = invoke("calendar", "--region", "europe", "--estate", str(LAB))
+    assert result.exit_code == 1
+    assert "unknown region 'europe'; valid regions: amer, apac, emea" in one_error_line(result)
+
+
+def test_catchup_of_an_unknown_runbook_lists_the_registered_ones() -> None:
+    result = invoke("catchup", "eodx", "--region", "emea", "--estate", str(LAB))
+    assert result.exit_code == 2
+    assert "unknown runbook 'eodx'; valid runbooks: eod, sod" in one_error_line(result)

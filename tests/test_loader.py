@@ -142,3 +142,39 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
 def test_home_is_expanded(openbell_home: Path) -> None:
     estate = load_estate(LAB)
     assert estate.known_hosts == openbell_home / "lab" / "known_hosts"
+
+
+@pytest.mark.parametrize(
+    ("new", "words"),
+    [
+        (
+            "{at: noon, offset_minutes: -45}",
+            ["runbooks.sod.schedule.at", "'open' or 'close'", "'noon'"],
+        ),
+        (
+            "{at: open, offset_minutes: -900}",
+            ["runbooks.sod.schedule.offset_minutes", "-720", "-900"],
+        ),
+        ("{at: open, offset: -45}", ["runbooks.sod.schedule.offset", "unknown key 'offset'"]),
+        ("{offset_minutes: -45}", ["runbooks.sod.schedule", "required key is missing"]),
+    ],
+    ids=["unknown-event", "offset-too-far", "misspelt-key", "no-event"],
+)
+def test_a_bad_schedule_names_its_line_and_key(tmp_path: Path, new: str, words: list[str]) -> None:
+    p = mutate(tmp_path, "schedule: {at: open, offset_minutes: -45}", f"schedule: {new}")
+    line = next(
+        i for i, text in enumerate(p.read_text().splitlines(), 1) if f"schedule: {new}" in text
+    )
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert str(exc.value).startswith(f"{p}:{line}: "), str(exc.value)
+    for word in words:
+        assert word in str(exc.value)
+
+
+def test_lab_schedules_start_and_end_of_day() -> None:
+    estate = load_estate(LAB)
+    sod, eod = estate.policy("sod").schedule, estate.policy("eod").schedule
+    assert sod is not None and (sod.at, sod.offset_minutes) == ("open", -45)
+    assert eod is not None and (eod.at, eod.offset_minutes) == ("close", 20)
+    assert estate.policy("release").schedule is None
