@@ -124,7 +124,9 @@ def parse_date(text: str | None) -> date | None:
 def check_runbook(runbook: str) -> str:
     key = runbook.lower()
     if key not in RUNBOOKS:
-        raise CliError(f"unknown runbook {runbook!r}; valid runbooks: {', '.join(RUNBOOKS)}")
+        raise CliError(
+            f"unknown runbook {runbook!r}; valid runbooks: {', '.join(sorted(RUNBOOKS))}"
+        )
     return key
 
 

@@ -149,18 +149,30 @@ class _Host:
         out = await self.run(find_argv(self.plan), ok_codes=(0, 1))
         return sorted(ln.strip() for ln in out.splitlines() if ln.strip())
 
-    async def verified_archive(self) -> tuple[str, dict[str, str]] | None:
-        """(digest, manifest) of an archive whose sha256 matches its .sha256, else None."""
+    async def verified_archive(self) -> tuple[str, dict[str, str], bool] | None:
+        """(digest, manifest, published now) of an archive whose sha256 matches its .sha256.
+
+        A run stopped between writing ``.sha256`` and publishing the ``.part`` file leaves
+        a verified partial archive: it is published here (``mv``), not written again.
+        None when there is no archive that verifies.
+        """
         p = self.plan
         recorded = parse_sha256sum(await self.run(["cat", "--", p.checksum_file], ok_codes=(0, 1)))
         digest = recorded.get(Path(p.archive).name)
         if digest is None:
             return None
-        actual = await self.sha256([p.archive]) if await self.exists(p.archive) else {}
+        published = False
+        if not await self.exists(p.archive):
+            staged = await self.sha256([p.partial]) if await self.exists(p.partial) else {}
+            if staged.get(p.partial) != digest:
+                return None
+            await self.run(["mv", "-f", "--", p.partial, p.archive])
+            published = True
+        actual = await self.sha256([p.archive])
         if actual.get(p.archive) != digest:
             return None
         manifest = parse_sha256sum(await self.run(["cat", "--", p.manifest_file], ok_codes=(0, 1)))
-        return digest, manifest
+        return digest, manifest, published
 
     async def exists(self, path: str) -> bool:
         res = await in_thread(self.ctx, self.ctx.ssh.run, self.plan.host, ["test", "-f", path])
@@ -173,8 +185,13 @@ class _Host:
             return str(await in_thread(self.ctx, self.ctx.ssh.put, self.plan.host, local, remote))
 
 
-async def _write_archive(h: _Host, files: list[str]) -> tuple[str, dict[str, str]]:
-    """tar, check the listing and the checksum, then publish; (digest, manifest)."""
+async def _write_archive(h: _Host, files: list[str]) -> tuple[str, dict[str, str], bool]:
+    """tar, check the listing and the checksum, record them, then publish.
+
+    The ``.manifest`` and ``.sha256`` are written before the ``mv`` that publishes the
+    archive, so a run stopped at any point leaves a state the next one can finish
+    without writing the archive twice.
+    """
     p = h.plan
     manifest = await h.sha256(files)
     if sorted(manifest) != files:
@@ -186,9 +203,9 @@ async def _write_archive(h: _Host, files: list[str]) -> tuple[str, dict[str, str
         raise SshError(p.host, f"tar -tzf {p.partial}", f"lists {listed}, expected {files}")
     digest = (await h.sha256([p.partial]))[p.partial]
     await h.put_text(p.manifest_file, "".join(f"{manifest[f]}  {f}\n" for f in files))
-    await h.run(["mv", "-f", "--", p.partial, p.archive])
     await h.put_text(p.checksum_file, f"{digest}  {Path(p.archive).name}\n")
-    return digest, manifest
+    await h.run(["mv", "-f", "--", p.partial, p.archive])
+    return digest, manifest, True
 
 
 @task(name="ensure_day_archived", cache_policy=NO_CACHE)
@@ -219,7 +236,9 @@ async def ensure_day_archived(ctx: RunContext) -> StepResult:
                 )
             found = await _write_archive(h, files)
             done = f"archived {len(files)} file(s)"
-        digest, manifest = found
+        digest, manifest, published = found
+        if published and not done:
+            done = "published the archive a stopped run had written and verified"
         evidence |= {"sha256": digest, "files": manifest}
         strangers = [f for f in files if f not in manifest]
         if strangers:

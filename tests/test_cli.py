@@ -85,7 +85,7 @@ def test_a_date_that_is_not_a_date(bad: str) -> None:
 def test_unknown_runbook() -> None:
     result = invoke("plan", "lunch", "--region", "emea", "--estate", str(LAB), "--as", "carol")
     assert result.exit_code == 2
-    assert "unknown runbook 'lunch'; valid runbooks: sod, eod" in one_error_line(result)
+    assert "unknown runbook 'lunch'; valid runbooks: eod, sod" in one_error_line(result)
 
 
 def test_plan_prints_the_calendar_decision() -> None:
@@ -110,7 +110,17 @@ def test_plan_prints_the_calendar_decision() -> None:
 
 def test_plan_eod_shows_the_close_the_sweep_and_the_archive() -> None:
     result = invoke(
-        "plan", "eod", "--region", "amer", "--date", "2026-11-27", "--estate", str(LAB), "--json"
+        "plan",
+        "eod",
+        "--region",
+        "amer",
+        "--date",
+        "2026-11-27",
+        "--estate",
+        str(LAB),
+        "--json",
+        "--as",
+        "dave",
     )
     assert result.exit_code == 0, result.stderr
     plan = json.loads(result.stdout)
@@ -123,7 +133,16 @@ def test_plan_eod_shows_the_close_the_sweep_and_the_archive() -> None:
         "tar -czf var/archive/2026-11-27/amer-gw1-20261127.tar.gz.part" in a for a in actions
     )
     holiday = invoke(
-        "plan", "eod", "--region", "amer", "--date", "2026-11-26", "--estate", str(LAB)
+        "plan",
+        "eod",
+        "--region",
+        "amer",
+        "--date",
+        "2026-11-26",
+        "--estate",
+        str(LAB),
+        "--as",
+        "dave",
     )
     assert holiday.exit_code == 0 and "Thanksgiving" in holiday.stdout
 

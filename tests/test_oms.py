@@ -147,7 +147,9 @@ def test_day_orders_swept_once_then_ok_and_good_till_orders_kept(tmp_path: Path)
     assert o.status == Status.CHANGED, o.detail
     assert "canceled 1 open day order(s) by cancel sweep: O1" in o.detail
     assert {k["order_id"] for k in o.evidence["kept_open"]} == {"O3", "O4"}
-    assert admin.sweeps == [{"trade_date": "2026-11-27", "tif": ["DAY"]}]
+    (sweep,) = admin.sweeps
+    assert sweep["trade_date"] == "2026-11-27" and sweep["tif"] == ["DAY"]
+    assert len(sweep["request_id"]) == 64  # the idempotency key: a retried sweep cancels once
     second = run(ensure_day_orders_terminal, make_ctx(estate, http=http))
     assert [x.status for x in second.outcomes] == [Status.OK]
     assert "2 GTC/GTD order(s) kept open" in second.outcomes[0].detail
