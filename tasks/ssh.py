@@ -333,8 +333,21 @@ class SshPool(SshRunner):
             chan, transport = self._open_channel(host, spec, transport, deadline, limit, action)
             try:
                 return self._execute(host, spec, args, command, chan, transport, deadline, limit)
+            except CommandTimeoutError:
+                # A connection that swallowed an exit status is not trusted again: the
+                # next command (reading state to reconcile) gets a fresh one.
+                self._forget(host, transport)
+                raise
             finally:
                 chan.close()
+
+    def _forget(self, host: str, transport: paramiko.Transport) -> None:
+        link = self._link(host)
+        with link.lock:
+            if link.transport is transport:
+                link.transport = None
+        with suppress(Exception):
+            transport.close()
 
     def _execute(
         self,

@@ -37,6 +37,7 @@ pytest_plugins = [
     "tests.fixtures.slack",
     "tests.fixtures.lab",
     "tests.fixtures.ledger",
+    "tests.fixtures.tcpproxy",
 ]
 
 

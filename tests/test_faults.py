@@ -11,18 +11,17 @@ kill and an undisturbed run.
 from __future__ import annotations
 
 import random
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import pytest
 
-from lab import trades
 from lab.effects import EffectsLog
 from lab.faults import FaultBook
 from lab.paths import LabPaths
 from runbooks.schema import Estate
 from tasks.ledger import Ledger
-from tests.fixtures.killer import duplicates, kill_chain, trace_points
+from tests.fixtures.killer import closed_days, duplicates, kill_chain, trace_points
 from tests.test_end_of_day import eod_day
 
 pytestmark = [
@@ -37,17 +36,12 @@ OPERATOR = "amer-oncall"
 
 
 def fresh_days(estate: Estate, count: int) -> list[date]:
-    """Closed sessions the lab trades that no other test runs end of day on."""
-    import exchange_calendars as xcals
-
-    region = estate.region(REGION)
-    days = trades.recent_sessions(xcals.get_calendar(region.primary_calendar), region.timezone)
-    now = datetime.now(UTC)
-    closed = [d.day for d in days if d.closes <= now and d.day != eod_day()]
-    closed = closed[-(count + 1) : -1] if len(closed) > count else closed  # not the newest
-    if len(closed) < count:
+    """Closed sessions the lab trades that no other test runs end of day on: the newest
+    but one (``tests/test_ssh_faults.py`` takes the oldest)."""
+    closed = closed_days(estate, REGION, exclude=(eod_day(),))[:-1]
+    if len(closed) < count + 6:
         pytest.skip(f"the lab trades only {len(closed)} closed sessions of {REGION} now")
-    return closed
+    return closed[-count:]
 
 
 def test_killed_anywhere_then_rerun_applies_each_side_effect_once(

@@ -693,6 +693,61 @@ def test_the_views_project_entries_into_columns(ledger: Ledger, ledger_url: str)
     assert approvals == [("carol", "approve")]
 
 
+def test_the_approvals_view_reads_what_the_approval_gate_writes(ledger_url: str) -> None:
+    """The flows nest requests and decisions in their payloads; the view flattens them."""
+    with Ledger(ledger_url) as ledger:
+        ledger.append(
+            "approval_requested",
+            "r1",
+            {
+                "request": {
+                    "step": "apps",
+                    "requester": "carol",
+                    "binding_hash": "ab" * 32,
+                    "approver_group": "emea-approvers",
+                    "required_approvers": 1,
+                },
+                "summary": "start 2 apps",
+                "changes": ["start a@h"],
+            },
+        )
+        ledger.append(
+            "approval_decided",
+            "r1",
+            {
+                "decision": {
+                    "step": "apps",
+                    "approver": "bob",
+                    "decision": "approve",
+                    "justification": "ok",
+                    "binding_hash": "ab" * 32,
+                },
+                "via": "cli",
+            },
+        )
+        ledger.append(
+            "approval_verdict",
+            "r1",
+            {"step": "apps", "status": "approved", "reason": "approved by bob"},
+        )
+    engine = create_engine(ledger_url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(
+                text(
+                    "SELECT kind, step, requester, approver, decision, via, status "
+                    "FROM ledger_approvals ORDER BY seq"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert rows == [
+        ("approval_requested", "apps", "carol", None, None, None, None),
+        ("approval_decided", "apps", None, "bob", "approve", "cli", None),
+        ("approval_verdict", "apps", None, None, None, None, "approved"),
+    ]
+
+
 def test_completion_keys_make_reruns_skip_done_work(ledger: Ledger) -> None:
     key = CompletionKey("sod", "emea", date(2026, 11, 27), "start_apps", "emea-oms1", "1.4.2")
     other = key._replace(version="1.4.3")

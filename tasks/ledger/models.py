@@ -121,13 +121,18 @@ ledger_approvals = Table(
     Column("kind", String),
     Column("step", String),
     Column("requester", String),
+    Column("approver_group", String),
+    Column("required_approvers", String),
     Column("approver", String),
     Column("decision", String),
     Column("justification", Text),
+    Column("via", String),
     Column("binding_hash", String),
     Column("created_at", String),
     Column("decided_at", String),
     Column("expires_at", String),
+    Column("status", String),
+    Column("reason", Text),
 )
 
 ledger_notifications = Table(
