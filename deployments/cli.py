@@ -193,7 +193,7 @@ def plan(
     """Print what a run would do, touching nothing (and what a re-run would skip)."""
     from deployments.display import plan_renderable
     from flows.common import today_in
-    from flows.plan import annotate_rerun, build_eod_plan, build_sod_plan
+    from flows.plan import PLANNERS, annotate_rerun
     from runbooks.loader import load_estate
     from tasks.ledger import Ledger
 
@@ -202,8 +202,7 @@ def plan(
     estate = load_estate(estate_path)
     estate.region(region)
     require_entitled(estate, whoami(who), "plan", runbook.lower(), region)
-    build = {"sod": build_sod_plan, "eod": build_eod_plan}[key]
-    the_plan = build(estate, region.lower(), trade_date or today_in(estate, region.lower()))
+    the_plan = PLANNERS[key](estate, region.lower(), trade_date or today_in(estate, region.lower()))
     with Ledger() as ledger:
         the_plan = annotate_rerun(the_plan, ledger, from_step)
     if as_json:

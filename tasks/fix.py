@@ -153,10 +153,15 @@ class ProbeResult:
 
     def evidence(self) -> dict[str, Any]:
         """The result as JSON-ready data, for an Outcome's evidence."""
-        data = asdict(self)
-        data["their_seq_seen"] = list(self.their_seq_seen)
-        data["transcript"] = [list(item) for item in self.transcript]
-        return data
+        return _evidence(self)
+
+
+def _evidence(result: Any) -> dict[str, Any]:
+    """A probe or logout result as JSON-ready data (tuples as lists)."""
+    data = asdict(result)
+    data["their_seq_seen"] = list(result.their_seq_seen)
+    data["transcript"] = [list(item) for item in result.transcript]
+    return data
 
 
 async def probe_session(
@@ -319,10 +324,8 @@ class LogoutResult:
     transcript: tuple[tuple[Direction, str], ...] = ()
 
     def evidence(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["their_seq_seen"] = list(self.their_seq_seen)
-        data["transcript"] = [list(item) for item in self.transcript]
-        return data
+        """The result as JSON-ready data, for an Outcome's evidence."""
+        return _evidence(self)
 
 
 async def end_of_day_logout(

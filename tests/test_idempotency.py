@@ -213,3 +213,35 @@ def test_a_run_that_died_is_recorded_as_interrupted_by_the_next(lab: tuple[Path,
         (marked,) = ledger.entries(kinds=["run_interrupted"])
     assert marked.run_id == "00000000-dead-4000-8000-000000000000"
     assert "never finished" in marked.payload["reason"]
+
+
+def test_a_ledger_locked_by_another_writer_for_10_s_is_waited_for_and_nothing_is_lost(
+    lab: tuple[Path, Estate], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    path, _ = lab
+    with Ledger() as ledger:  # created (migrated) before someone else locks it
+        before = ledger.count()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # e.g. the sqlite3 shell in a transaction, or a backup
+        conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(10)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(10)
+    record = run(path)
+    release.set()
+    holder.join()
+    assert record.passed, [(s.name, s.summary()) for s in record.steps if not s.passed]
+    with Ledger() as ledger:
+        assert ledger.verify().ok
+        names = [e.payload["name"] for e in ledger.entries(run_id=record.run_id, kinds=["step"])]
+        assert ledger.count() > before
+    assert set(names) == {s.name for s in record.steps}
