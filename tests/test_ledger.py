@@ -342,7 +342,7 @@ def test_reopening_migrates_nothing_and_keeps_the_chain(ledger_url: str) -> None
     finally:
         engine.dispose()
 
-    assert version == [("0001_entries",)]
+    assert version == [("0002_approvals_view",)]
 
 
 # ---- export bundles --------------------------------------------------------------------

@@ -26,5 +26,5 @@ def test_each_registered_runbook_is_a_flow_over_run_params(key: str) -> None:
 
 
 def test_an_unknown_runbook_lists_the_registered_ones() -> None:
-    with pytest.raises(UnknownNameError, match="unknown runbook 'eodx'; valid runbooks: sod"):
+    with pytest.raises(UnknownNameError, match="unknown runbook 'eodx'; valid runbooks: eod, sod"):
         get_runbook("eodx")
