@@ -752,6 +752,7 @@ def catchup(
     wait: Annotated[bool, typer.Option("--wait", help="wait until the run ends")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits")] = 1800,
     as_json: JsonOpt = False,
+    who: AsOpt = None,
 ) -> None:
     """Run a missed scheduled run on its region's worker; never runs one twice."""
     from deployments import catchup as cu
@@ -765,6 +766,8 @@ def catchup(
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
+    if not dry_run:
+        require_entitled(estate, whoami(who), "run", key, region)
     api_url = ensure_server()
 
     async def go() -> tuple[cu.CatchUp, str | None]:
