@@ -5,7 +5,8 @@
    traced to learn its kill points in order (step boundaries, each target's side effect
    started / applied / recorded, every remote command of an archive, the OMS sweep sent,
    the FIX logout sent). Then, each on a fresh trading day (a day order left open so the
-   sweep has work), a *chain*: the first run dies at the next kill point of that list,
+   sweep has work), a *chain*: the first run dies at the next kill point of that list
+   (the regions take turns along it, so every position is tried),
    up to two more runs die at random points of their own, and a last run goes
    undisturbed. Counted: kill points tried (runs killed), duplicate visible side effects
    in the lab's effects log (target 0), chains whose last run did not pass, killed runs
@@ -149,12 +150,15 @@ def kills(lab: Lab, regions: list[str], target: int, seed: int) -> dict[str, Any
         say(f"  {region}: {len(labels)} kill points in an undisturbed run; {len(days) - 1} days")
     turn = 0
     while out["kill_points"] < target and any(days for _, days in plans.values()):
-        for region in regions:
+        for i, region in enumerate(regions):
             labels, days = plans[region]
             if not days or out["kill_points"] >= target:
                 continue
             day = days.pop(0)
-            first = labels[turn % len(labels)]
+            # Regions take turns along the traced points, so that together they try each
+            # position (step boundaries, each target's start / applied / recorded, each
+            # remote command of an archive) before any is tried twice.
+            first = labels[(turn * len(regions) + i) % len(labels)]
             lab.leave_an_order_open(region, day)
             chain = kill_chain(
                 lab.env,
