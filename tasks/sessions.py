@@ -226,9 +226,17 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
             moved = after.seqnums not in (None, (1, 1))
             state = "sequence numbers reset to 1" + (" (moved on since)" if moved else "")
         else:
-            if f"seqnums-{ymd}" not in after.files:
-                for argv in store_archive_argv(store, day):
+            # Each file is kept once: a run stopped between the two commands finds the
+            # first one done and runs only the second.
+            todo = [
+                argv
+                for argv in store_archive_argv(store, day)
+                if argv[-1].rsplit("/", 1)[-1] not in after.files
+            ]
+            if todo:
+                for argv in todo:
                     res = await in_thread(ctx, ctx.ssh.run, host, argv)
+                    chaos.point(f"fix_eod:{name}:{argv[0]}")
                     if not res.ok and argv[0] == "cp":
                         raise FixError(
                             name, " ".join(argv), f"exit {res.exit_status}: {res.tail()}"
