@@ -130,13 +130,6 @@ def check_runbook(runbook: str) -> str:
     return key
 
 
-class _NoLedger:
-    """For checking a --from-step name only: no completion is known."""
-
-    def completion(self, key: Any) -> None:
-        return None
-
-
 def whoami(given: str | None) -> str:
     """The identity a command acts as: ``--as``, else OPENBELL_OPERATOR, else the login."""
     return given or get_settings().operator or getpass.getuser()
@@ -236,12 +229,10 @@ def run(
     require_entitled(estate, operator, "run", runbook.lower(), region)
     if from_step:  # a typo fails now, not after the Prefect server started
         from flows.common import today_in
-        from flows.plan import PLANNERS, annotate_rerun
+        from flows.plan import PLANNERS, redo_steps
 
         day_ = trade_date or today_in(estate, region.lower())
-        annotate_rerun(
-            PLANNERS[runbook.lower()](estate, region.lower(), day_), _NoLedger(), from_step
-        )
+        redo_steps(PLANNERS[runbook.lower()](estate, region.lower(), day_), from_step)
     record = runner.run_runbook(
         runbook,
         region,
@@ -518,8 +509,9 @@ def report_cmd(
                     f"{', '.join(known) or 'none'}"
                 )
             day_runs = ledger.find_runs(region=region.lower(), trade_date=trade_date)
+            estate = load_estate(None)
             for rb in sorted({str(e.payload["runbook"]) for e in day_runs}):
-                require_entitled(load_estate(None), me, "report", rb, region)
+                require_entitled(estate, me, "report", rb, region)
             paths = write_rollup(ledger, region, trade_date, out_dir)
     if as_json:
         out.print_json(json.dumps({k: str(v) for k, v in paths.items()}))

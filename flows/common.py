@@ -25,7 +25,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from openbell.errors import UnknownNameError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
 from openbell.secrets import install_log_redaction, preload, redact
@@ -83,7 +82,7 @@ def _resolve_date(estate: Estate, params: RunParams) -> date:
 @task(name="calendar_gate", cache_policy=NO_CACHE)
 async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunRecord]:
     """Load the estate, decide the calendar gate, build the run's resources, record it."""
-    from flows.plan import PLANNERS, calendar_facts
+    from flows.plan import PLANNERS, calendar_facts, redo_steps
 
     install_log_redaction()
     logger = get_run_logger()
@@ -130,11 +129,7 @@ async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunReco
     )
     plan = PLANNERS[runbook](estate, region, day)
     record = record.model_copy(update={"plan": plan.model_dump(mode="json")})
-    if params.from_step:
-        names = [s.name for s in plan.steps if s.name not in ("calendar", "signoff")]
-        if params.from_step not in names:
-            raise UnknownNameError(f"{runbook} step", params.from_step, names)
-        ctx.redo = frozenset(names[names.index(params.from_step) :])
+    ctx.redo = redo_steps(plan, params.from_step)
     ledger = ctx.ledger
     await in_thread(
         ctx,
@@ -190,14 +185,11 @@ async def _close_interrupted(ctx: RunContext) -> None:
         runbook=ctx.runbook,
     )
     earlier = [e.run_id for e in started if e.run_id and e.run_id != ctx.run_id]
-    if not earlier:
-        return
-    ended = {
-        e.run_id
-        for e in await in_thread(ctx, ctx.ledger.entries, kinds=["run_finished", "run_interrupted"])
-    }
-    for run_id in earlier:
-        if run_id in ended:
+    for run_id in earlier:  # a few at most: read each one's end, not the whole ledger's
+        ended = await in_thread(
+            ctx, ctx.ledger.entries, run_id=run_id, kinds=["run_finished", "run_interrupted"]
+        )
+        if ended:
             continue
         why = f"never finished (its process died); found by run {ctx.run_id}"
         await in_thread(

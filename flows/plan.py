@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 
-from runbooks.schema import Database, Estate
+from runbooks.schema import Database, Estate, Host
 from tasks import calendar
 from tasks.apps import health_url
 from tasks.archive import archive_plan, find_argv
@@ -67,6 +67,15 @@ def ssh_action(estate: Estate, host: str, argv: list[str]) -> str:
     return f"ssh {h.user}@{host} ({h.address}:{h.port}) $ {shlex.join(argv)}"
 
 
+def disk_actions(estate: Estate, hosts: list[tuple[str, Host]]) -> list[PlannedAction]:
+    """``df`` on every disk path of every host (start of day, and after the archive)."""
+    return [
+        PlannedAction(target=f"{n}:{p}", action=ssh_action(estate, n, disk_argv(p)))
+        for n, h in hosts
+        for p in h.disk_paths
+    ]
+
+
 def calendar_facts(
     estate: Estate, region: str, day: date
 ) -> tuple[bool, str | None, dict[str, Any]]:
@@ -116,11 +125,7 @@ def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
             name="disk",
             title="Disk use under threshold",
             after=["calendar"],
-            actions=[
-                PlannedAction(target=f"{n}:{p}", action=ssh_action(estate, n, disk_argv(p)))
-                for n, h in hosts
-                for p in h.disk_paths
-            ],
+            actions=disk_actions(estate, hosts),
         ),
         PlannedStep(
             name="clock",
@@ -423,11 +428,7 @@ def build_eod_plan(estate: Estate, region: str, day: date) -> Plan:
             name="disk_after_archive",
             title="Disk use after archive",
             after=["archive"],
-            actions=[
-                PlannedAction(target=f"{n}:{p}", action=ssh_action(estate, n, disk_argv(p)))
-                for n, h in hosts
-                for p in h.disk_paths
-            ],
+            actions=disk_actions(estate, hosts),
         ),
         PlannedStep(
             name="signoff",
@@ -459,6 +460,28 @@ def _session_note(facts: dict[str, Any]) -> str:
 SIDE_EFFECT_STEPS = ("day_orders", "fix_eod", "archive")
 
 
+def redo_steps(plan: Plan, from_step: str | None) -> frozenset[str]:
+    """The steps a ``--from-step`` restart re-does: that step and the ones after it.
+
+    Raises:
+        UnknownNameError: ``from_step`` is not a step of the plan; lists the valid ones.
+
+    Example:
+        >>> from runbooks.loader import load_estate
+        >>> plan = build_eod_plan(load_estate("runbooks/lab.yaml"), "amer", date(2026, 11, 27))
+        >>> sorted(redo_steps(plan, "archive"))
+        ['archive', 'disk_after_archive']
+    """
+    from openbell.errors import UnknownNameError
+
+    if from_step is None:
+        return frozenset()
+    names = [s.name for s in plan.steps if s.name not in ("calendar", "signoff")]
+    if from_step not in names:
+        raise UnknownNameError(f"{plan.runbook} step", from_step, names)
+    return frozenset(names[names.index(from_step) :])
+
+
 def annotate_rerun(plan: Plan, ledger: Any, from_step: str | None = None) -> Plan:
     """Say, per step, what a run started now would skip and why, from the ledger's keys.
 
@@ -470,16 +493,13 @@ def annotate_rerun(plan: Plan, ledger: Any, from_step: str | None = None) -> Pla
     Raises:
         UnknownNameError: ``from_step`` is not a step of the plan; lists the valid ones.
     """
-    from openbell.errors import UnknownNameError
     from tasks.ledger import CompletionKey
 
-    names = [s.name for s in plan.steps if s.name not in ("calendar", "signoff")]
-    if from_step is not None and from_step not in names:
-        raise UnknownNameError(f"{plan.runbook} step", from_step, names)
-    redo = set(names[names.index(from_step) :]) if from_step else set()
+    redo = redo_steps(plan, from_step)
     out = plan.model_copy(deep=True)
     for step in out.steps:
-        if from_step and step.name in names and step.name not in redo and step.name != "close":
+        before = step.name not in (*redo, "calendar", "signoff", "close")
+        if from_step and before:
             step.rerun = f"skipped: before --from-step {from_step}"
             continue
         if step.name not in SIDE_EFFECT_STEPS:

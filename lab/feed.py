@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import random
 import time
@@ -30,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from lab import jsonhttp
 from lab.faults import Fault, FaultBook
 from lab.paths import LabError, require_loopback
 from runbooks.schema import Estate
@@ -37,8 +36,6 @@ from runbooks.schema import Estate
 log = logging.getLogger(__name__)
 
 TICK_S = 0.15
-_READ_TIMEOUT_S = 10.0
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 @dataclass
@@ -119,15 +116,7 @@ class FeedServers:
         Raises:
             LabError: an address:port cannot be bound.
         """
-        for (address, port), paths in self.routes.items():
-            try:
-                handler = functools.partial(self._handle, paths=paths)
-                server = await asyncio.start_server(handler, address, port, reuse_address=True)
-            except OSError as exc:
-                raise LabError(
-                    f"feeds: cannot listen on {address}:{port}: {exc.strerror or exc}"
-                ) from None
-            self._servers.append(server)
+        self._servers = await jsonhttp.listen(self.routes, self._handle, "feeds", "paths")
         self.tick()
         self._ticker = asyncio.ensure_future(self._run_ticker())
 
@@ -144,11 +133,7 @@ class FeedServers:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
+        await jsonhttp.close(self._servers)
 
     async def _run_ticker(self) -> None:
         while True:
@@ -159,19 +144,21 @@ class FeedServers:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paths: dict[str, str]
     ) -> None:
         try:
-            method, path = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT_S)
+            method, path, _ = await asyncio.wait_for(
+                jsonhttp.read_request(reader), jsonhttp.READ_TIMEOUT_S
+            )
             code, body = self._answer(method, path, paths)
             delay = self.book.latency_s()
             if delay:
                 await asyncio.sleep(delay)
-            _write_response(writer, code, body, head_only=method == "HEAD")
+            jsonhttp.write_response(
+                writer, code, body, server="lab-feed/1", head_only=method == "HEAD"
+            )
             await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("feed request failed: %s", exc)
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            await jsonhttp.finish(writer)
 
     def _answer(self, method: str, path: str, paths: dict[str, str]) -> tuple[int, dict[str, Any]]:
         if method not in ("GET", "HEAD"):
@@ -190,30 +177,6 @@ class FeedServers:
         state = self.feeds[name]
         state.apply(time.time(), self.book.active())
         return 200, state.document()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """(method, path) of one HTTP/1.x request; headers are read and ignored."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = request_line.split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise ValueError(f"bad request line {request_line!r}")
-    return parts[0].upper(), parts[1]
-
-
-def _write_response(
-    writer: asyncio.StreamWriter, code: int, body: dict[str, Any], head_only: bool
-) -> None:
-    data = json.dumps(body).encode()
-    head = (
-        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n"
-        "Connection: close\r\n"
-        "Server: lab-feed/1\r\n\r\n"
-    )
-    writer.write(head.encode() + (b"" if head_only else data))
 
 
 def _find(faults: list[Fault], kind: str, target: str) -> Fault | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import sqlite3
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from lab import jsonhttp
 from lab.effects import EffectsLog
 from lab.faults import FaultBook
 from lab.paths import LabError, require_loopback
@@ -43,9 +43,7 @@ from runbooks.schema import Estate
 
 log = logging.getLogger(__name__)
 
-_READ_TIMEOUT_S = 10.0
-_MAX_BODY = 64 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+SERVER = "lab-oms-admin/1"
 OPEN = ("new", "partially_filled")
 ORDER_COLUMNS = (
     "order_id",
@@ -210,22 +208,10 @@ class OmsAdminServers:
         Raises:
             LabError: an address:port cannot be bound.
         """
-        for (address, port), bases in self.routes.items():
-            handler = functools.partial(self._handle, bases=bases)
-            try:
-                server = await asyncio.start_server(handler, address, port, reuse_address=True)
-            except OSError as exc:
-                raise LabError(
-                    f"OMS admin: cannot listen on {address}:{port}: {exc.strerror or exc}"
-                ) from None
-            self._servers.append(server)
+        self._servers = await jsonhttp.listen(self.routes, self._handle, "OMS admin", "bases")
 
     async def aclose(self) -> None:
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
+        await jsonhttp.close(self._servers)
 
     async def _handle(
         self,
@@ -234,7 +220,9 @@ class OmsAdminServers:
         bases: dict[str, OmsAdmin],
     ) -> None:
         try:
-            method, target, body = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT_S)
+            method, target, body = await asyncio.wait_for(
+                jsonhttp.read_request(reader), jsonhttp.READ_TIMEOUT_S
+            )
             url = urlsplit(target)
             path = url.path.rstrip("/")
             code, doc = 404, {"error": "not found", "path": path, "known": sorted(bases)}
@@ -246,49 +234,19 @@ class OmsAdminServers:
             delay = self.book.latency_s()
             if delay:
                 await asyncio.sleep(delay)
-            _write_response(writer, code, doc)
+            jsonhttp.write_response(writer, code, doc, server=SERVER)
             await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("OMS admin request failed: %s", exc)
         except sqlite3.Error as exc:
             log.warning("OMS admin: database error: %s", exc)
             with contextlib.suppress(ConnectionError):
-                _write_response(writer, 503, {"error": f"database error: {exc}"})
+                jsonhttp.write_response(
+                    writer, 503, {"error": f"database error: {exc}"}, server=SERVER
+                )
                 await writer.drain()
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
-    """(method, target, body) of one HTTP/1.x request."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise ValueError(f"bad request line {lines[0]!r}")
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
-    if length > _MAX_BODY:
-        raise ValueError(f"body of {length} bytes is too large")
-    body = await reader.readexactly(length) if length else b""
-    return parts[0].upper(), parts[1], body
-
-
-def _write_response(writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    head = (
-        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n"
-        "Connection: close\r\n"
-        "Server: lab-oms-admin/1\r\n\r\n"
-    )
-    writer.write(head.encode() + data)
+            await jsonhttp.finish(writer)
 
 
 def _date(text: str) -> str | None:

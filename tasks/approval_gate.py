@@ -45,7 +45,7 @@ from openbell.errors import OpenbellError
 from openbell.outcome import utcnow
 from openbell.secrets import redact
 from runbooks.entitlements import Entitlements, entitlements_for
-from runbooks.loader import estate_version, load_estate
+from runbooks.loader import estate_version
 from runbooks.schema import ApprovalPolicy, Estate
 from tasks.approvals import (
     ApprovalDecision,
@@ -305,8 +305,9 @@ def policy_for(ctx: RunContext, step: str) -> ApprovalPolicy | None:
 
 def current_binding(ctx: RunContext, targets: Sequence[str]) -> str:
     """The hash an approval for ``targets`` is bound to, from the estate file as it is now."""
-    version = estate_version(load_estate(ctx.estate.source)) if ctx.estate.source else ""
-    return binding_hash(version or ctx.runbook_version, ctx.parameters, list(targets))
+    # estate_version reads the file's bytes at its path now, not the estate parsed at start.
+    version = estate_version(ctx.estate) if ctx.estate.source else ctx.runbook_version
+    return binding_hash(version, ctx.parameters, list(targets))
 
 
 @task(name="approval", cache_policy=NO_CACHE, task_run_name="approval[{step}]")
