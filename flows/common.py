@@ -17,6 +17,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -55,6 +56,19 @@ class RunParams(BaseModel):
         default=None,
         description="re-do this step and the ones after it, whatever was recorded as done",
     )
+
+
+def result_storage() -> Path:
+    """The result storage every openbell flow names, with ``persist_result=False``.
+
+    Nothing is persisted (the ledger holds the outcomes). Naming the storage matters all
+    the same: without one, Prefect 3.9 asks the server for a default result storage at
+    every flow run through a client it never closes, leaking a connection per run
+    (``prefect/results.py``, ``_read_server_default_result_storage_block_id``).
+    """
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().results.local_storage_path)
 
 
 def today_in(estate: Estate, region: str) -> date:

@@ -36,6 +36,7 @@ from flows.common import (
     exclusive,
     finish_run,
     open_run,
+    result_storage,
     run_namer,
     run_steps,
     skipped_step,
@@ -83,7 +84,13 @@ async def _stages(ctx: RunContext, from_step: str | None) -> list[StepResult]:
     return steps
 
 
-@flow(name="end-of-day", flow_run_name=run_namer("eod"), log_prints=False)
+@flow(
+    name="end-of-day",
+    flow_run_name=run_namer("eod"),
+    log_prints=False,
+    result_storage=result_storage(),
+    persist_result=False,
+)
 async def end_of_day(params: RunParams) -> RunRecord:
     """Close a region's trading day: orders, fills, positions, FIX, archive."""
     ctx, record = await open_run("eod", params)

@@ -262,11 +262,6 @@ def _day(estate: Estate) -> str:
     ).isoformat()
 
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
-
-
 @pytest.mark.integration
 def test_run_json_exit_code_follows_the_checks(lab) -> None:  # type: ignore[no-untyped-def]
     path, estate, book = lab

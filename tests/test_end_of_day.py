@@ -21,12 +21,7 @@ from runbooks.schema import Estate
 from tasks import calendar
 from tasks.sessions import reset_due
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 REGION = "amer"
 BRIEF_DAY = date(2026, 11, 27)  # XNYS half day: closes 13:00 New York

@@ -24,12 +24,7 @@ from tasks.ledger import Ledger
 from tests.fixtures.killer import closed_days, duplicates, kill_chain, trace_points
 from tests.test_end_of_day import eod_day
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 REGION = "amer"
 OPERATOR = "amer-oncall"

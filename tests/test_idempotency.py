@@ -27,12 +27,7 @@ from tasks.ledger import Ledger
 from tests.fixtures.killer import closed_days
 from tests.test_end_of_day import eod_day
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 REGION = "amer"
 SIDE_EFFECTS = ("day_orders", "fix_eod", "archive")

@@ -34,12 +34,7 @@ from tasks.ssh import SshPool
 from tests.fixtures.postgres import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
 from tests.fixtures.slack import SlackApi
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 CANARY = f"ob-c4n4ry+++$\\{uuid.uuid4().hex[:10]}"
 BLOCK = "ob-canary-fix-password"  # Prefect Secret block for OB_CANARY_FIX_PASSWORD

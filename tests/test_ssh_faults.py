@@ -32,12 +32,7 @@ from tests.fixtures.killer import closed_days
 from tests.fixtures.tcpproxy import FaultProxy
 from tests.test_end_of_day import eod_day
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 REGION = "amer"
 

@@ -18,14 +18,7 @@ from runbooks.schema import Estate
 from tasks import calendar
 from tasks.ssh import SshPool
 
-pytestmark = [
-    pytest.mark.integration,
-    # Prefect's own API clients leave loopback connections to the test's Prefect server
-    # unclosed when a flow run ends (the sockets' peer is always the server's port).
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
