@@ -283,19 +283,19 @@ def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str)
             step=step,
             via="cli",
         )
-    req = decided.request.request
-    out.print(
-        f"[green]{verb}d[/] {runbook} {region.upper()} {started['trade_date']} step {req.step} "
-        f"(run {run_id}) as {approver}: {decided.verdict.status}: {decided.verdict.reason}"
-    )
-    flow_run_id = started.get("flow_run_id")
-    if flow_run_id:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        req = decided.request.request
+        out.print(
+            f"[green]{verb}d[/] {runbook} {region.upper()} {started['trade_date']} step {req.step} "
+            f"(run {run_id}) as {approver}: {decided.verdict.status}: {decided.verdict.reason}"
+        )
+        flow_run_id = started.get("flow_run_id")
+        if flow_run_id:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from deployments.prefect_server import ensure_server
+            from deployments.prefect_server import ensure_server
 
-        with temporary_settings({PREFECT_API_URL: ensure_server()}):
-            out.print(resume_run(flow_run_id, decided, approver, verb))
+            with temporary_settings({PREFECT_API_URL: ensure_server()}):
+                out.print(resume_run(flow_run_id, decided, approver, verb, ledger=ledger))
 
 
 def _find_run(ledger: Any, ref: str) -> tuple[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,6 +65,9 @@ POLL_S = 2
 #: Prefect's own pause deadline lies this far past the request's expiry: the flow resumes
 #: itself at the expiry, because past Prefect's deadline the server would fail the run.
 GRACE_S = 120
+#: How long ``openbell approve`` watches a run that is not paused (yet) to resume it.
+RESUME_WAIT_S = 20.0
+RESUME_POLL_S = 0.5
 #: What the flow resumes itself with when a request expires (not a decision: it only
 #: wakes the flow, which then reads the ledger).
 EXPIRY_WAKEUP = {"approver": "openbell", "decision": "reject", "ledger_seq": 0}
@@ -264,14 +268,26 @@ def decide(
     return Decided(seq=entry.seq, verdict=verdict, request=req)
 
 
-def resume_run(flow_run_id: str, decided: Decided, approver: str, decision: str) -> str:
+def resume_run(
+    flow_run_id: str,
+    decided: Decided,
+    approver: str,
+    decision: str,
+    *,
+    ledger: Any = None,
+    wait_s: float = RESUME_WAIT_S,
+) -> str:
     """Resume the paused flow run after a decision that counted; say what happened.
 
-    A run that is no longer paused (a second click, or the other approver was first)
-    is not an error: the decision is in the ledger, which is what the run reads.
+    A run that is not paused yet (it is between recording its request and pausing), or
+    no longer (a second click, or the other approver was first), is not an error: the
+    decision is in the ledger, which is what the run reads. Such a run is watched for up
+    to ``wait_s`` seconds and resumed if it pauses; with ``ledger``, the wait ends as
+    soon as the run has closed the request.
     """
     from uuid import UUID
 
+    from prefect.client.orchestration import get_client
     from prefect.exceptions import NotPausedError, ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
@@ -281,15 +297,35 @@ def resume_run(flow_run_id: str, decided: Decided, approver: str, decision: str)
         "justification": "",
         "ledger_seq": decided.seq,
     }
-    try:
-        resume_flow_run(UUID(flow_run_id), run_input=run_input)
-    except NotPausedError:
-        return "the run is not paused (already resumed); it reads the ledger when it does"
-    except ObjectNotFound:
-        return f"Prefect has no flow run {flow_run_id}; the decision is in the ledger"
-    except FlowPauseTimeout:
-        return "the run can no longer be resumed: its pause timed out"
-    return "the run was resumed"
+    step = decided.request.request.step
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            resume_flow_run(UUID(flow_run_id), run_input=run_input)
+        except NotPausedError:
+            pass
+        except ObjectNotFound:
+            return f"Prefect has no flow run {flow_run_id}; the decision is in the ledger"
+        except FlowPauseTimeout:
+            return "the run can no longer be resumed: its pause timed out"
+        except RuntimeError as exc:  # Prefect answered REJECT (HTTP 200) for another reason
+            return f"Prefect refused to resume the run ({exc}); the decision is in the ledger"
+        else:
+            return "the run was resumed"
+        if ledger is not None:
+            closed = load_request(ledger, decided.request.request.run_id, step).closed
+            if closed is not None:
+                return f"the run has already read the ledger: step {step} is {closed}"
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        if state is not None and state.is_final():
+            return f"the run has ended ({state.name}); the decision is in the ledger"
+        if time.monotonic() >= deadline:
+            return (
+                "the run is not paused; the decision is in the ledger, "
+                "which the run reads when it next pauses or resumes"
+            )
+        time.sleep(RESUME_POLL_S)
 
 
 # ---- the flow side -------------------------------------------------------------------------
@@ -360,6 +396,11 @@ async def gate(
         remaining = (request.expires_at - utcnow()).total_seconds()
         if remaining <= 0:
             break
+        # A decision recorded before the run paused counts now: pausing first would
+        # leave it unread until someone resumed the run, or until the request expired.
+        early = await _judge(ctx, entitlements, request, targets)
+        if early.status in ("approved", "rejected"):
+            return await _close(ctx, step, request, early)
         pause += 1
         resumed, answer = await _pause(step, pause, request.expires_at)
         if answer is not None and answer.ledger_seq is None:

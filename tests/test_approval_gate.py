@@ -33,12 +33,7 @@ from tasks.approval_gate import OpenRequest, pending_requests
 from tasks.ledger import Ledger
 from tasks.ssh import SshPool
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 REGION = "emea"
 REQUESTER = "emea-oncall"
@@ -236,9 +231,16 @@ def test_a_reject_needs_a_reason_and_nothing_starts(
     assert verdict.payload["rejected_by"] == [APPROVER]
 
 
-def _resume(flow_run_id: str, run_input: dict[str, Any]) -> None:
+def _resume(flow_run_id: str, run_input: dict[str, Any], timeout: float = 60) -> None:
+    """Resume through Prefect's API, as the UI's button does once the run shows Paused."""
+    from prefect.client.orchestration import get_client
     from prefect.flow_runs import resume_flow_run
 
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(UUID(flow_run_id)).state) or not state.is_paused():
+            assert time.monotonic() < deadline, f"the run did not pause within {timeout:g} s"
+            time.sleep(0.2)
     resume_flow_run(UUID(flow_run_id), run_input=run_input)
 
 
