@@ -9,13 +9,15 @@ that counts.
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 from uuid import UUID
 
 import pytest
@@ -29,7 +31,7 @@ from openbell.outcome import Status
 from openbell.run import RunRecord
 from runbooks.schema import Estate
 from tasks import calendar
-from tasks.approval_gate import OpenRequest, pending_requests
+from tasks.approval_gate import Decided, OpenRequest, pending_requests, resume_run
 from tasks.ledger import Ledger
 from tasks.ssh import SshPool
 
@@ -295,3 +297,69 @@ def test_an_approval_no_longer_counts_once_the_estate_changed(
     (verdict,) = entries(req.request.run_id, "approval_verdict")
     assert verdict.payload["status"] == "rejected"
     assert "changed since" in verdict.payload["reason"]
+
+
+def _bare_flow_run(state: Any) -> UUID:
+    """A flow run in ``state`` on the test server, with no process behind it."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    @flow(name="approval-resume-probe")
+    def probe() -> None:
+        """Never runs: only its flow runs' states are moved by hand."""
+
+    with get_client(sync_client=True) as client:
+        return client.create_flow_run(probe, state=state).id
+
+
+def _set_state(flow_run_id: UUID, state: Any) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, state, force=True)
+
+
+def _decided(step: str = "apps") -> Decided:
+    """Just what ``resume_run`` reads of a decision: its ledger seq, run and step."""
+    inner = SimpleNamespace(step=step, run_id="run-without-a-ledger")
+    return cast(Decided, SimpleNamespace(seq=7, request=SimpleNamespace(request=inner)))
+
+
+def test_approve_resumes_a_run_that_pauses_a_moment_after_the_decision(
+    prefect_server: str,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Paused, Running
+
+    run_id = _bare_flow_run(Running())
+    # The run is between recording its request and pausing when the decision lands.
+    # (in this thread's context: Prefect's settings, the test server's URL, live there)
+    pause = (_set_state, run_id, Paused(timeout_seconds=300))
+    later = threading.Timer(1.5, contextvars.copy_context().run, pause)
+    later.start()
+    try:
+        said = resume_run(str(run_id), _decided(), APPROVER, "approve", wait_s=30)
+    finally:
+        later.join()
+    assert said == "the run was resumed"
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state is not None and state.is_running()
+
+
+def test_approve_stops_watching_a_run_that_ended_and_says_so(prefect_server: str) -> None:
+    from prefect.states import Completed
+
+    run_id = _bare_flow_run(Completed())
+    said = resume_run(str(run_id), _decided(), APPROVER, "approve", wait_s=30)
+    assert said == "the run has ended (Completed); the decision is in the ledger"
+
+
+def test_approve_gives_up_on_a_run_that_never_pauses_and_says_the_ledger_has_it(
+    prefect_server: str,
+) -> None:
+    from prefect.states import Running
+
+    run_id = _bare_flow_run(Running())
+    said = resume_run(str(run_id), _decided(), APPROVER, "approve", wait_s=1)
+    assert said.startswith("the run is not paused; the decision is in the ledger")
