@@ -1,4 +1,5 @@
-"""``make demo``: the lab, a local Prefect server, and start of day everywhere, with four eyes.
+"""``make demo``: the lab, a local Prefect server, start of day everywhere with four eyes,
+and end of day.
 
 1. validate the lab estate (runbooks/lab.yaml);
 2. start the lab (SSH hosts, FIX venue, market-data feed, OMS databases);
@@ -9,9 +10,12 @@
    CLI (``openbell approve``), and the run goes on. A region whose date is not a session
    is skipped with the calendar's reason;
 5. run the first region again: every app is up, nothing to approve, nothing changes;
-6. ``openbell audit verify`` on the ledger, then on a copy of it with one row altered
+6. end of day for AMER on a trade date the lab traded (the latest half day if there is
+   one): orders, fills, three-way reconciliation, positions, FIX, archive; then again,
+   which re-does nothing and names the run that did it;
+7. ``openbell audit verify`` on the ledger, then on a copy of it with one row altered
    behind openbell's back (sqlite3): the walk names that row;
-7. print where the reports are.
+8. print where the reports are.
 
 Each run and each approval is a separate ``openbell`` process, as it would be for two
 people at two terminals.
@@ -25,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -35,6 +40,7 @@ from lab import supervisor
 from openbell.errors import OpenbellError
 from openbell.settings import get_settings
 from runbooks.loader import load_estate
+from runbooks.schema import Estate
 
 console = Console(soft_wrap=True)
 OPENBELL = str(Path(sys.executable).with_name("openbell"))
@@ -84,6 +90,22 @@ def run_with_approval(region: str) -> int:
             )
             answered = True
     return proc.wait()
+
+
+def eod_day(estate: Estate, region: str) -> date:
+    """The trade date end of day closes: the lab's latest closed half day, else its latest
+    closed session."""
+    import exchange_calendars as xcals
+
+    from lab import trades
+
+    reg = estate.region(region)
+    days = trades.recent_sessions(xcals.get_calendar(reg.primary_calendar), reg.timezone)
+    closed = [d for d in days if d.closes <= datetime.now(UTC)]
+    if not closed:
+        raise OpenbellError(f"the lab has no closed session of {reg.primary_calendar} yet")
+    half = [d for d in closed if d.closes - d.opens < timedelta(hours=5)]
+    return (half or closed)[-1].day
 
 
 def tamper_demo(ledger_db: Path) -> None:
@@ -137,6 +159,15 @@ def main() -> int:
     first = next(iter(estate.regions))
     console.print(Rule(f"start of day {first.upper()} again: nothing to approve or change"))
     codes[f"{first} again"] = openbell("run", "sod", "--region", first, "--as", REQUESTER)
+
+    eod = "amer" if "amer" in estate.regions else first
+    day = eod_day(estate, eod).isoformat()
+    console.print(Rule(f"end of day {eod.upper()} {day}"))
+    codes[f"eod {eod}"] = openbell("run", "eod", "--region", eod, "--date", day, "--as", REQUESTER)
+    console.print(Rule(f"end of day {eod.upper()} {day} again: nothing is done twice"))
+    codes[f"eod {eod} again"] = openbell(
+        "run", "eod", "--region", eod, "--date", day, "--as", REQUESTER
+    )
 
     console.print(Rule("the ledger"))
     codes["audit"] = openbell("audit", "verify", "--as", REQUESTER)
