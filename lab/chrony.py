@@ -9,6 +9,9 @@ Prints what chrony 4.x prints, e.g.::
     ...
     Leap status     : Normal
 
+``lab/bin/chronyc`` renders the healthy report itself (awk, the same formula) and calls
+this module only when a ``clock_offset`` fault is set or the arguments are unusual.
+
 ``-c`` gives chrony's CSV form (where the system-time field is the correction, i.e.
 negative when the clock is fast), ``-n`` is accepted and ignored. The offset comes from
 the ``clock_offset`` fault on this host (params ``us``, signed, positive = fast; optional

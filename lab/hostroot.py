@@ -2,7 +2,8 @@
 
 Each host gets ``OPENBELL_HOME/lab/hosts/<host>/`` with::
 
-    bin/appctl bin/chronyc     shell shims that exec the lab's python on a lab module
+    bin/appctl bin/chronyc     shell shims: they answer `appctl status` and a healthy
+                               `chronyc tracking` themselves, else exec a lab module
     etc/apps/<app>.json        what appctl needs: bind address, port, version, log file
     var/log var/run            logs and pid files (log_dir may name another directory)
     var/fix/store              where the estate names a fix_store_dir

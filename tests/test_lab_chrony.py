@@ -70,3 +70,44 @@ def test_healthy_drift_stays_within_a_few_microseconds(tmp_path: Path) -> None:
     offsets = [tracking(book, "h1", now=1_795_000_000.0 + i * 13.7).offset_s for i in range(200)]
     assert max(abs(o) for o in offsets) < 20e-6
     assert len({round(o, 9) for o in offsets}) > 100  # it wanders
+
+
+def _close(shell: str, python: str, tolerance: float) -> bool:
+    """Two rendered values agree: equal text, or numbers within ``tolerance``."""
+    if shell == python:
+        return True
+    num = re.compile(r"[-+]?\d+\.\d+")
+    if num.sub("#", shell) != num.sub("#", python):
+        return False
+    pairs = zip(num.findall(shell), num.findall(python), strict=True)
+    return all(abs(float(a) - float(b)) <= tolerance for a, b in pairs)
+
+
+@pytest.mark.parametrize("flags", ["", "-c ", "-n -c "])
+def test_the_shell_fast_path_renders_what_lab_chrony_renders(
+    lab_estate: tuple[Path, Estate], lab_faults: FaultBook, flags: str
+) -> None:
+    """With no clock_offset fault the host's shim answers in awk; it must not drift from
+    lab.chrony (same lines and fields, values a moment apart)."""
+    _, estate = lab_estate
+    host = next(iter(estate.hosts))
+    rc, out, err = ssh_run(estate, host, f"chronyc {flags}tracking")
+    assert (rc, err) == (0, "")
+    report = tracking(lab_faults, host)
+    expected = report.csv() if "-c" in flags else report.text()
+    if "-c" in flags:
+        got, want = out.strip().split(","), expected.strip().split(",")
+        assert len(got) == len(want) == 14
+        assert _close(got[3], want[3], 5.0)  # the reference time, seconds apart at most
+        assert all(_close(g, w, 2e-6) for g, w in zip(got[4:], want[4:], strict=True))
+        assert got[:3] == want[:3]
+    else:
+        got, want = out.splitlines(), expected.splitlines()
+        assert [g.split(":")[0] for g in got] == [w.split(":")[0] for w in want]
+        for g, w in zip(got, want, strict=True):
+            if g.startswith("Ref time"):
+                continue  # a wall-clock stamp; the CSV case compares it as a number
+            if g.startswith("System time"):  # signed: the side may flip near zero
+                assert _offset_us(g) == pytest.approx(_offset_us(w), abs=2), (g, w)
+                continue
+            assert _close(g, w, 2e-6), (g, w)
