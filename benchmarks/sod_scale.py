@@ -482,7 +482,7 @@ class Calibration:
     """Client CPU seconds per operation, measured outside Prefect against the lab.
 
     ``known_hosts_s`` is what parsing the estate's whole known_hosts costs (``SshPool``
-    reads it again at every connect as of this writing); it is kept out of
+    parses it once and again only when the file changes); it is kept out of
     ``ssh_connect`` and out of the floor, because nothing physical requires it.
     """
 
@@ -835,8 +835,8 @@ class Benchmark:
         self.say(f"  {'total':12s} {cpu_floor:6.2f} s CPU for {ops} operations")
         self.say(
             f"  (not in the floor: parsing the estate's known_hosts takes "
-            f"{cal.known_hosts_s * 1000:.2f} ms; done at every connect, as SshPool does "
-            f"now, that is {cal.known_hosts_s * run.probes['ssh_connect']:.2f} s per run)"
+            f"{cal.known_hosts_s * 1000:.2f} ms; SshPool does it once per run, not per "
+            f"connect, which would be {cal.known_hosts_s * run.probes['ssh_connect']:.2f} s)"
         )
         self.say(
             f"floor = rounds x latency + client CPU / cores = {latency_s:.2f} + "
@@ -853,7 +853,8 @@ class Benchmark:
         per_cmd = run.cpu["lab"] / max(run.probes["ssh_command"], 1)
         self.say(
             f"lab CPU per SSH command it served: {per_cmd * 1000:.1f} ms "
-            f"(each runs /bin/sh; appctl and chronyc start a Python interpreter); "
+            f"(each runs /bin/sh; appctl status and a healthy chronyc answer in the shell, "
+            f"other appctl calls start a Python interpreter); "
             f"lab apps: {run.cpu['apps']:.1f} s CPU for {run.probes['http_get']} health answers"
         )
         self.say(
