@@ -115,3 +115,22 @@ def test_killed_anywhere_then_rerun_applies_each_side_effect_once(
         targets = [(k["step"], k["target"]) for k in keys]
         assert len(targets) == len(set(targets)), "a target completed twice"
         assert {s for s, _ in targets} == {"day_orders", "fix_eod", "archive"}
+
+
+def test_the_judge_counts_only_commands_that_completed(tmp_path: Path) -> None:
+    """A host command killed with its run (exit None) or failed did not apply; two that
+    completed are a duplicate, whatever else is in the log."""
+    log = EffectsLog(tmp_path / "effects.jsonl")
+    day = date(2026, 11, 10)
+    mv = "xetr-gw001|mv -n -- var/fix/store/s/messages.log var/fix/store/s/messages.log-20261110"
+    cp = "xetr-gw001|cp -p -- var/fix/store/s/seqnums var/fix/store/s/seqnums-20261110"
+    log.record("move", "xetr-gw001", key=mv, exit=None)  # killed before it renamed
+    log.record("move", "xetr-gw001", key=mv, exit=0)  # the re-run's
+    log.record("copy", "xetr-gw001", key=cp, exit=0)
+    log.record("copy", "xetr-gw001", key=cp, exit=1)  # failed: changed nothing
+    log.record("fix_logout", "s", key="s|2026-11-10")
+    assert duplicates(log.read(), {"xetr-gw001", "s"}, day) == ([], 0)
+    log.record("copy", "xetr-gw001", key=cp, exit=0)
+    log.record("fix_logout", "s", key="s|2026-11-10")
+    dup, _ = duplicates(log.read(), {"xetr-gw001", "s"}, day)
+    assert dup == [f"copy {cp} x2 (exits 0, 1, 0)", "fix_logout s|2026-11-10 x2 (exits -, -)"]
