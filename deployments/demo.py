@@ -29,7 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -101,11 +101,11 @@ def eod_day(estate: Estate, region: str) -> date:
 
     reg = estate.region(region)
     days = trades.recent_sessions(xcals.get_calendar(reg.primary_calendar), reg.timezone)
-    closed = [d for d in days if d.closes <= datetime.now(UTC)]
-    if not closed:
+    day = trades.last_closed_session([d for d in days if d.closes - d.opens < timedelta(hours=5)])
+    day = day or trades.last_closed_session(days)
+    if day is None:
         raise OpenbellError(f"the lab has no closed session of {reg.primary_calendar} yet")
-    half = [d for d in closed if d.closes - d.opens < timedelta(hours=5)]
-    return (half or closed)[-1].day
+    return day
 
 
 def tamper_demo(ledger_db: Path) -> None:

@@ -15,20 +15,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from deployments.deploy import DEFAULT_HORIZON_DAYS, prefect_client, top_up
-from flows.common import result_storage
+from flows.common import openbell_flow
 from runbooks.loader import load_estate
 
 
-@flow(
-    name="openbell-keeper",
-    flow_run_name="keeper-{region}",
-    log_prints=False,
-    result_storage=result_storage(),
-    persist_result=False,
-)
+@openbell_flow("openbell-keeper", "keeper-{region}")
 async def keep_schedule(region: str, horizon_days: int = DEFAULT_HORIZON_DAYS) -> dict[str, int]:
     """Create the region's runs on exchange sessions for the next ``horizon_days`` days.
 

@@ -18,10 +18,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
-from prefect import get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,9 @@ from tasks.context import ProgressFn, RunContext, in_thread
 from tasks.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: The CLI sets this to show live progress of an in-process run.
 progress_listener: ProgressFn | None = None
@@ -58,17 +61,26 @@ class RunParams(BaseModel):
     )
 
 
-def result_storage() -> Path:
-    """The result storage every openbell flow names, with ``persist_result=False``.
+def openbell_flow(
+    name: str, run_name: str | Callable[[], str]
+) -> Callable[[Callable[P, R]], Flow[P, R]]:
+    """Prefect's ``@flow`` with what every openbell flow sets: a run name, no print
+    capture, and results named but never persisted (the ledger holds the outcomes).
 
-    Nothing is persisted (the ledger holds the outcomes). Naming the storage matters all
-    the same: without one, Prefect 3.9 asks the server for a default result storage at
-    every flow run through a client it never closes, leaking a connection per run
-    (``prefect/results.py``, ``_read_server_default_result_storage_block_id``).
+    Naming the result storage matters all the same: without one, Prefect 3.9 asks the
+    server for a default at every flow run through a client it never closes, leaking a
+    connection per run (``prefect/results.py``,
+    ``_read_server_default_result_storage_block_id``). A path needs no server call.
     """
     from prefect.settings import get_current_settings
 
-    return Path(get_current_settings().results.local_storage_path)
+    return flow(
+        name=name,
+        flow_run_name=run_name,
+        log_prints=False,
+        result_storage=Path(get_current_settings().results.local_storage_path),
+        persist_result=False,
+    )
 
 
 def today_in(estate: Estate, region: str) -> date:

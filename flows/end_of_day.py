@@ -29,14 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from prefect import flow
-
 from flows.common import (
     RunParams,
     exclusive,
     finish_run,
     open_run,
-    result_storage,
+    openbell_flow,
     run_namer,
     run_steps,
     skipped_step,
@@ -84,13 +82,7 @@ async def _stages(ctx: RunContext, from_step: str | None) -> list[StepResult]:
     return steps
 
 
-@flow(
-    name="end-of-day",
-    flow_run_name=run_namer("eod"),
-    log_prints=False,
-    result_storage=result_storage(),
-    persist_result=False,
-)
+@openbell_flow("end-of-day", run_namer("eod"))
 async def end_of_day(params: RunParams) -> RunRecord:
     """Close a region's trading day: orders, fills, positions, FIX, archive."""
     ctx, record = await open_run("eod", params)

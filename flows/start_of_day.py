@@ -21,9 +21,7 @@ Steps (DOMAIN.md, start of day), each a Prefect task that fans out over its targ
 
 from __future__ import annotations
 
-from prefect import flow
-
-from flows.common import RunParams, finish_run, open_run, result_storage, run_namer, run_steps
+from flows.common import RunParams, finish_run, open_run, openbell_flow, run_namer, run_steps
 from flows.plan import SQL_STEPS
 from openbell.run import RunRecord, StepResult
 from tasks.alerts import check_alert_path
@@ -67,13 +65,7 @@ async def _apps_in_order(ctx: RunContext) -> list[StepResult]:
     return results
 
 
-@flow(
-    name="start-of-day",
-    flow_run_name=run_namer("sod"),
-    log_prints=False,
-    result_storage=result_storage(),
-    persist_result=False,
-)
+@openbell_flow("start-of-day", run_namer("sod"))
 async def start_of_day(params: RunParams) -> RunRecord:
     """Prepare a region for the open on its trade date."""
     ctx, record = await open_run("sod", params)
