@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: venv
-	OPENBELL_HOME=$(DEMO_HOME) $(BIN)/python -m deployments.demo
+	OPENBELL_HOME=$(DEMO_HOME) $(BIN)/python -m openbell.deployments.demo
 
 test: venv
 	$(BIN)/python -m pytest
@@ -37,7 +37,7 @@ bench: venv
 # Stop the demo's lab and Prefect server.
 stop: venv
 	OPENBELL_HOME=$(DEMO_HOME) $(BIN)/openbell lab down
-	OPENBELL_HOME=$(DEMO_HOME) $(BIN)/python -c 'from deployments.prefect_server import stop_server; stop_server()'
+	OPENBELL_HOME=$(DEMO_HOME) $(BIN)/python -c 'from openbell.deployments.prefect_server import stop_server; stop_server()'
 
 clean: stop
 	rm -rf $(DEMO_HOME)

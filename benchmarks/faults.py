@@ -75,7 +75,7 @@ class Lab:
         from openbell.settings import get_settings
 
         get_settings.cache_clear()
-        from lab.generate import generate_estate
+        from openbell.lab.generate import generate_estate
 
         self.estate_path = generate_estate(
             self.home / "estate" / "estate.yaml",
@@ -86,12 +86,12 @@ class Lab:
             feeds=1,
             regions=regions,
         )
-        from lab import supervisor
-        from runbooks.loader import load_estate
+        from openbell.lab import supervisor
+        from openbell.runbooks.loader import load_estate
 
         supervisor.up(self.estate_path, wait_s=120)
         self.estate = load_estate(self.estate_path)
-        from deployments.prefect_server import ensure_server
+        from openbell.deployments.prefect_server import ensure_server
 
         self.api = ensure_server(get_settings(), wait_s=180)
         self.ledger_url = f"sqlite:///{self.home / 'ledger.db'}"
@@ -103,8 +103,8 @@ class Lab:
         }
 
     def close(self) -> None:
-        from deployments.prefect_server import stop_server
-        from lab import supervisor
+        from openbell.deployments.prefect_server import stop_server
+        from openbell.lab import supervisor
 
         try:
             supervisor.down(self.home, timeout_s=20)
@@ -113,8 +113,8 @@ class Lab:
             shutil.rmtree(self.home, ignore_errors=True)
 
     def leave_an_order_open(self, region: str, day: date) -> None:
-        from lab import supervisor
-        from lab.paths import LabPaths
+        from openbell.lab import supervisor
+        from openbell.lab.paths import LabPaths
 
         (db,) = self.estate.oms_in(region)
         LabPaths.of(self.home).fault_book().add("order_left_open", db, trade_date=day.isoformat())
@@ -122,8 +122,8 @@ class Lab:
 
 
 def kills(lab: Lab, regions: list[str], target: int, seed: int) -> dict[str, Any]:
-    from lab.effects import EffectsLog
-    from tasks.ledger import Ledger
+    from openbell.lab.effects import EffectsLog
+    from openbell.tasks.ledger import Ledger
     from tests.fixtures.killer import closed_days, duplicates, kill_chain, trace_points
 
     rng = random.Random(seed)
@@ -210,9 +210,9 @@ def ssh_overruns(lab: Lab) -> dict[str, float]:
     """Seconds past its deadline each SSH fault kept the connector, per fault."""
     import yaml
 
-    from lab.effects import EffectsLog
-    from runbooks.loader import load_estate
-    from tasks.ssh import SshPool
+    from openbell.lab.effects import EffectsLog
+    from openbell.runbooks.loader import load_estate
+    from openbell.tasks.connectors.ssh import SshPool
     from tests.fixtures.tcpproxy import FaultProxy
 
     region = "amer"
@@ -275,7 +275,7 @@ def ssh_overruns(lab: Lab) -> dict[str, float]:
 
 def locked_ledger(lab: Lab, hold_s: float = 10.0) -> dict[str, Any]:
     """End of day while another writer holds the ledger's write lock for ``hold_s``."""
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
     from tests.fixtures.killer import closed_days, run_eod
 
     region = "amer"

@@ -95,7 +95,7 @@ def tamper_matrix(
     label: str, url: str, entries: int, per_change: int, deadline: float, seed: int, home: Path
 ) -> tuple[int, int, int]:
     """Run the matrix on one backend; print a line per change. (trials, detected, located)."""
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
     from tests.fixtures.ledger import Attacker, build_chain, positions, tamper_trial
 
     total = detected = located = 0

@@ -24,19 +24,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import RunParams, finish_run, open_run, run_namer
-from flows.plan import SQL_STEPS
 from openbell import secrets
+from openbell.flows.common import RunParams, finish_run, open_run, run_namer
+from openbell.flows.plan import SQL_STEPS
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
-from runbooks.schema import App, Database, Estate, Feed, FixSession, SqlCheck
-from tasks import fix, sql
-from tasks.alerts import check_alert_path
-from tasks.apps import apps_not_up, health_url
-from tasks.context import outcome_from_error
-from tasks.database import STEP_TITLES, check_params
-from tasks.feeds import judge_feed
-from tasks.hosts import (
+from openbell.runbooks.schema import App, Database, Estate, Feed, FixSession, SqlCheck
+from openbell.tasks.alerts import check_alert_path
+from openbell.tasks.apps import apps_not_up, health_url
+from openbell.tasks.connectors import fix, sql
+from openbell.tasks.connectors.ssh import SshPool
+from openbell.tasks.context import outcome_from_error
+from openbell.tasks.database import STEP_TITLES, check_params
+from openbell.tasks.feeds import judge_feed
+from openbell.tasks.hosts import (
     disk_argv,
     fix_store_argv,
     logs_argv,
@@ -44,7 +45,6 @@ from tasks.hosts import (
     parse_df,
     rotation_cutoff,
 )
-from tasks.ssh import SshPool
 
 TITLES = {
     "disk": "Disk use under threshold",

@@ -239,7 +239,7 @@ class CpuMeter:
         self.server = server
 
     def sample(self) -> dict[str, float]:
-        from lab.paths import LabPaths, read_pid
+        from openbell.lab.paths import LabPaths, read_pid
 
         paths = LabPaths.of(self.home)
         lab_pid = read_pid(paths.pid_file)
@@ -276,8 +276,8 @@ class Lab:
     def __init__(
         self, home: Path, hosts: int, fix_sessions: int, feeds: int, latency_ms: int
     ) -> None:
-        from lab.generate import generate_estate
-        from runbooks.loader import load_estate
+        from openbell.lab.generate import generate_estate
+        from openbell.runbooks.loader import load_estate
 
         self.home = home
         self.path = generate_estate(
@@ -293,8 +293,8 @@ class Lab:
         self.latency_ms = latency_ms
 
     def up(self) -> float:
-        from lab import supervisor
-        from lab.paths import LabPaths
+        from openbell.lab import supervisor
+        from openbell.lab.paths import LabPaths
 
         book = LabPaths.of(self.home).fault_book()
         book.clear()
@@ -304,13 +304,13 @@ class Lab:
         return time.perf_counter() - started
 
     def down(self) -> None:
-        from lab import supervisor
+        from openbell.lab import supervisor
 
         supervisor.down(self.home, timeout_s=20)
 
     def trade_date(self) -> date:
         """The last completed session of the region's primary calendar (seeded by the lab)."""
-        from tasks.calendar import previous_session
+        from openbell.tasks.connectors.calendar import previous_session
 
         return previous_session(self.estate.region(REGION).primary_calendar, date.today())
 
@@ -368,7 +368,7 @@ class Runner:
         self._loop: asyncio.Runner | None = None
 
     def real(self, lab: Lab, label: str) -> Run:
-        from deployments.runner import run_runbook
+        from openbell.deployments.runner import run_runbook
 
         day = lab.trade_date()
         return self._metered(label, lambda: run_runbook("sod", REGION, day, estate=lab.path))
@@ -377,7 +377,7 @@ class Runner:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         from benchmarks.naive_sod import naive_start_of_day
-        from flows.common import RunParams
+        from openbell.flows.common import RunParams
 
         runner: Any = ThreadPoolTaskRunner(threads)  # Prefect's TaskRunner generic is invariant
         flow = naive_start_of_day.with_options(task_runner=runner)
@@ -460,7 +460,7 @@ def critical_path(lab: Lab) -> tuple[int, list[tuple[str, int]]]:
     parallel, so a step costs the most rounds any one target needs; a step starts
     when the steps it comes ``after`` are done.
     """
-    from flows.plan import build_sod_plan
+    from openbell.flows.plan import build_sod_plan
 
     plan = build_sod_plan(lab.estate, REGION, lab.trade_date())
     cost: dict[str, int] = {}
@@ -502,14 +502,14 @@ def calibrate(lab: Lab, n_hosts: int) -> Calibration:
     region's database. Concurrency is similar to a run (16 threads, gathered coroutines),
     and ``time.process_time`` counts every thread of this process.
     """
-    from flows.plan import SQL_STEPS
-    from runbooks.schema import SqlCheck
-    from tasks import fix, sql
-    from tasks.apps import health_url
-    from tasks.calendar import previous_session
-    from tasks.hosts import disk_argv, fix_store_argv, logs_argv, rotation_cutoff
-    from tasks.http import HttpClient
-    from tasks.ssh import SshPool
+    from openbell.flows.plan import SQL_STEPS
+    from openbell.runbooks.schema import SqlCheck
+    from openbell.tasks.apps import health_url
+    from openbell.tasks.connectors import fix, sql
+    from openbell.tasks.connectors.calendar import previous_session
+    from openbell.tasks.connectors.http import HttpClient
+    from openbell.tasks.connectors.ssh import SshPool
+    from openbell.tasks.hosts import disk_argv, fix_store_argv, logs_argv, rotation_cutoff
 
     estate = lab.estate
     day = lab.trade_date()
@@ -642,7 +642,7 @@ class Benchmark:
         with self._labs:  # a lab going up finishes first; after this none can start
             self._closing = True
             with contextlib.suppress(Exception):
-                from lab import supervisor
+                from openbell.lab import supervisor
 
                 supervisor.down(self.home, timeout_s=20)
         if self.runner is not None:
@@ -894,7 +894,7 @@ class Benchmark:
 
 def app_pss_mb(home: Path) -> float | None:
     """Mean proportional set size of the lab's app processes, in MB (None if none run)."""
-    from lab.paths import LabPaths, read_pid
+    from openbell.lab.paths import LabPaths, read_pid
 
     sizes = []
     for f in LabPaths.of(home).hosts_dir.glob("*/var/run/*.pid"):

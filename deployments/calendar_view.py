@@ -8,12 +8,12 @@ from datetime import datetime
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from deployments.catchup import CatchUp
-from deployments.deploy import DeployReport
-from deployments.doctor import Check
-from deployments.registry import RUNBOOKS
-from deployments.schedules import CalendarDay
-from runbooks.schema import Estate
+from openbell.deployments.catchup import CatchUp
+from openbell.deployments.deploy import DeployReport
+from openbell.deployments.doctor import Check
+from openbell.deployments.registry import RUNBOOKS
+from openbell.deployments.schedules import CalendarDay
+from openbell.runbooks.schema import Estate
 
 _LEVEL_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 

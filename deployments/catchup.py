@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from deployments.deploy import (
+from openbell.deployments.deploy import (
     CATCHUP_TAG,
     create_planned_run,
     not_started,
@@ -27,10 +27,10 @@ from deployments.deploy import (
     read_runs_by_key,
     scheduled_at,
 )
-from deployments.registry import RUNBOOKS, get_runbook
-from deployments.schedules import PlannedRun, planned_run, runs_between, scheduled_runbooks
+from openbell.deployments.registry import RUNBOOKS, get_runbook
+from openbell.deployments.schedules import PlannedRun, planned_run, runs_between, scheduled_runbooks
 from openbell.errors import OpenbellError
-from runbooks.schema import Estate
+from openbell.runbooks.schema import Estate
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient

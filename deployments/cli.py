@@ -50,7 +50,7 @@ R = TypeVar("R")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-from deployments.registry import RUNBOOKS  # noqa: E402  (after the logging defaults above)
+from openbell.deployments.registry import RUNBOOKS  # noqa: E402  (after the logging defaults above)
 
 Region = Annotated[str, typer.Option("--region", "-r", help="region name, e.g. emea")]
 DateOpt = Annotated[
@@ -139,8 +139,8 @@ def require_entitled(
     estate: Any, who: str, action: str, runbook: str, region: str, run_id: str | None = None
 ) -> None:
     """Refuse (and record the refusal in the ledger) unless the rules allow it."""
-    from runbooks.entitlements import entitlements_for
-    from tasks.ledger import Ledger
+    from openbell.runbooks.entitlements import entitlements_for
+    from openbell.tasks.ledger import Ledger
 
     decision = entitlements_for(estate).decide(who, action, runbook, region)
     if decision.allowed:
@@ -162,7 +162,7 @@ def require_entitled(
 @command(app)
 def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = None) -> None:
     """Check an estate file: schema, cross-references, dependency cycles."""
-    from runbooks.loader import load_estate
+    from openbell.runbooks.loader import load_estate
 
     estate = load_estate(path)
     out.print(
@@ -184,11 +184,11 @@ def plan(
     from_step: FromStep = None,
 ) -> None:
     """Print what a run would do, touching nothing (and what a re-run would skip)."""
-    from deployments.display import plan_renderable
-    from flows.common import today_in
-    from flows.plan import PLANNERS, annotate_rerun
-    from runbooks.loader import load_estate
-    from tasks.ledger import Ledger
+    from openbell.deployments.display import plan_renderable
+    from openbell.flows.common import today_in
+    from openbell.flows.plan import PLANNERS, annotate_rerun
+    from openbell.runbooks.loader import load_estate
+    from openbell.tasks.ledger import Ledger
 
     key = check_runbook(runbook)
     trade_date = parse_date(day)
@@ -218,8 +218,8 @@ def run(
     from_step: FromStep = None,
 ) -> None:
     """Run a runbook as a Prefect flow; exit 0 only when every check passed."""
-    from deployments import runner
-    from runbooks.loader import load_estate
+    from openbell.deployments import runner
+    from openbell.runbooks.loader import load_estate
 
     check_runbook(runbook)
     trade_date = parse_date(day)
@@ -228,8 +228,8 @@ def run(
     operator = whoami(who)
     require_entitled(estate, operator, "run", runbook.lower(), region)
     if from_step:  # a typo fails now, not after the Prefect server started
-        from flows.common import today_in
-        from flows.plan import PLANNERS, redo_steps
+        from openbell.flows.common import today_in
+        from openbell.flows.plan import PLANNERS, redo_steps
 
         day_ = trade_date or today_in(estate, region.lower())
         redo_steps(PLANNERS[runbook.lower()](estate, region.lower(), day_), from_step)
@@ -246,7 +246,7 @@ def run(
     if as_json:
         out.print_json(json.dumps(record.model_dump(mode="json") | {"status": record.status.value}))
     else:
-        from deployments.display import summary_table
+        from openbell.deployments.display import summary_table
 
         out.print(summary_table(record))
         for kind in ("html", "md", "json"):
@@ -261,10 +261,10 @@ StepOpt = Annotated[str | None, typer.Option("--step", help="the step, if the ru
 
 
 def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str) -> None:
-    from runbooks.entitlements import entitlements_for
-    from runbooks.loader import load_estate
-    from tasks.approval_gate import decide, resume_run
-    from tasks.ledger import Ledger
+    from openbell.runbooks.entitlements import entitlements_for
+    from openbell.runbooks.loader import load_estate
+    from openbell.tasks.approvals.gate import decide, resume_run
+    from openbell.tasks.ledger import Ledger
 
     approver = whoami(who)
     with Ledger() as ledger:
@@ -292,7 +292,7 @@ def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str)
         if flow_run_id:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            from deployments.prefect_server import ensure_server
+            from openbell.deployments.prefect_server import ensure_server
 
             with temporary_settings({PREFECT_API_URL: ensure_server()}):
                 out.print(resume_run(flow_run_id, decided, approver, verb, ledger=ledger))
@@ -352,8 +352,8 @@ def reject(
 @command(app)
 def approvals(as_json: JsonOpt = False) -> None:
     """List the approval requests that are waiting, with the command to answer each."""
-    from tasks.approval_gate import pending_requests
-    from tasks.ledger import Ledger
+    from openbell.tasks.approvals.gate import pending_requests
+    from openbell.tasks.ledger import Ledger
 
     with Ledger() as ledger:
         waiting = pending_requests(ledger)
@@ -390,8 +390,8 @@ def approvals(as_json: JsonOpt = False) -> None:
 # ---- the ledger ----------------------------------------------------------------------------
 def _require_audit(who: str | None, everywhere: bool, estate_path: Path | None) -> None:
     """``audit`` rights: somewhere to verify, everywhere to export (the content itself)."""
-    from runbooks.entitlements import RUNBOOKS, entitlements_for
-    from runbooks.loader import load_estate
+    from openbell.runbooks.entitlements import RUNBOOKS, entitlements_for
+    from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
     ents = entitlements_for(estate)
@@ -415,7 +415,7 @@ def audit_verify(
     estate_path: EstateOpt = None,
 ) -> None:
     """Walk the ledger's hash chain: OK, or the first bad entry and its position."""
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
     _require_audit(who, everywhere=False, estate_path=estate_path)
     default = get_settings().reports_dir / "ledger-checkpoints.jsonl"
@@ -441,7 +441,7 @@ def audit_export(
     estate_path: EstateOpt = None,
 ) -> None:
     """Write the entries of a date range as a bundle that verifies offline."""
-    from tasks.ledger import Ledger, verify_bundle
+    from openbell.tasks.ledger import Ledger, verify_bundle
 
     _require_audit(who, everywhere=True, estate_path=estate_path)
     start_d, end_d = parse_date(start), parse_date(end)
@@ -454,7 +454,7 @@ def audit_export(
 @command(audit_app, "verify-bundle")
 def audit_verify_bundle(bundle: Annotated[Path, typer.Argument(help="an exported bundle")]) -> None:
     """Verify an exported bundle offline (no database needed)."""
-    from tasks.ledger import verify_bundle
+    from openbell.tasks.ledger import verify_bundle
 
     result = verify_bundle(bundle)
     if not result.ok:
@@ -480,15 +480,15 @@ def report_cmd(
 
     `openbell report RUN_ID` or `openbell report --region emea --date 2026-11-24`.
     """
-    from tasks.ledger import Ledger
-    from tasks.report import write_run_report
-    from tasks.rollup import write_rollup
+    from openbell.tasks.ledger import Ledger
+    from openbell.tasks.reports.report import write_run_report
+    from openbell.tasks.reports.rollup import write_rollup
 
     if (run_id is None) == (region is None):
         raise CliError("give a run id, or --region and --date for a daily rollup (not both)")
     if run_id is not None and day is not None:
         raise CliError("--date goes with --region (a run's report needs only its id)")
-    from runbooks.loader import load_estate
+    from openbell.runbooks.loader import load_estate
 
     me = whoami(who)
     with Ledger() as ledger:
@@ -523,7 +523,7 @@ def report_cmd(
 @command(lab_app, "up")
 def lab_up(estate_path: EstateOpt = None) -> None:
     """Start the simulated estate in the background and print its endpoints."""
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     status = supervisor.up(estate_path or get_settings().estate)
     _print_lab(status)
@@ -532,7 +532,7 @@ def lab_up(estate_path: EstateOpt = None) -> None:
 @command(lab_app, "down")
 def lab_down() -> None:
     """Stop the simulated estate and every app it started."""
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     supervisor.down()
     out.print("lab stopped")
@@ -541,7 +541,7 @@ def lab_down() -> None:
 @command(lab_app, "status")
 def lab_status(as_json: JsonOpt = False) -> None:
     """Show whether the lab runs and its endpoints."""
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     status = supervisor.status()
     if as_json:
@@ -557,7 +557,7 @@ def fault_add(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
 ) -> None:
     """Inject a fault, e.g. `openbell lab fault add slow_host emea-app1 -p seconds=20`."""
-    from lab.faults import FaultBook
+    from openbell.lab.faults import FaultBook
 
     params: dict[str, Any] = {}
     for item in param or []:
@@ -569,7 +569,7 @@ def fault_add(
         fault = FaultBook(get_settings().lab_dir / "faults.json").add(kind, target, **params)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     applied = supervisor.status(probe=False).running and supervisor.wait_faults_applied(
         timeout_s=10
@@ -581,7 +581,7 @@ def fault_add(
 @command(fault_app, "clear")
 def fault_clear() -> None:
     """Remove every injected fault."""
-    from lab.faults import FaultBook
+    from openbell.lab.faults import FaultBook
 
     FaultBook(get_settings().lab_dir / "faults.json").clear()
     out.print("faults cleared")
@@ -590,7 +590,7 @@ def fault_clear() -> None:
 @command(fault_app, "list")
 def fault_list() -> None:
     """List the injected faults."""
-    from lab.faults import FaultBook
+    from openbell.lab.faults import FaultBook
 
     faults = FaultBook(get_settings().lab_dir / "faults.json").active()
     for f in faults:
@@ -618,10 +618,10 @@ def calendar_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Sessions, half days, holidays and each runbook's exact run times (local and UTC)."""
-    from deployments.calendar_view import calendar_table
-    from deployments.schedules import calendar_days
-    from flows.common import today_in
-    from runbooks.loader import load_estate
+    from openbell.deployments.calendar_view import calendar_table
+    from openbell.deployments.schedules import calendar_days
+    from openbell.flows.common import today_in
+    from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
     if region:
@@ -649,10 +649,10 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Register work pools, deployments and the coming runs; idempotent, prints what changed."""
-    from deployments import deploy as dep
-    from deployments.calendar_view import deploy_summary
-    from deployments.prefect_server import ensure_server
-    from runbooks.loader import load_estate
+    from openbell.deployments import deploy as dep
+    from openbell.deployments.calendar_view import deploy_summary
+    from openbell.deployments.prefect_server import ensure_server
+    from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
     api_url = ensure_server()
@@ -681,11 +681,11 @@ def doctor(
     as_json: JsonOpt = False,
 ) -> None:
     """Check calendars, DST ahead, pools, workers, deployments, the horizon and missed runs."""
-    from deployments import doctor as doc
-    from deployments.calendar_view import doctor_table
-    from deployments.deploy import run_sync
-    from deployments.prefect_server import local_url
-    from runbooks.loader import load_estate
+    from openbell.deployments import doctor as doc
+    from openbell.deployments.calendar_view import doctor_table
+    from openbell.deployments.deploy import run_sync
+    from openbell.deployments.prefect_server import local_url
+    from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
     now = doc.utcnow()
@@ -716,10 +716,10 @@ def worker(
     ] = False,
 ) -> None:
     """Start a Prefect worker for the region's work pool (runs its runbooks near its hosts)."""
-    from deployments.deploy import run_sync
-    from deployments.prefect_server import ensure_server
-    from deployments.worker import check_pool, worker_command
-    from runbooks.loader import load_estate
+    from openbell.deployments.deploy import run_sync
+    from openbell.deployments.prefect_server import ensure_server
+    from openbell.deployments.worker import check_pool, worker_command
+    from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
     pool = estate.region(region).work_pool
@@ -747,12 +747,12 @@ def catchup(
     who: AsOpt = None,
 ) -> None:
     """Run a missed scheduled run on its region's worker; never runs one twice."""
-    from deployments import catchup as cu
-    from deployments.calendar_view import catchup_line
-    from deployments.deploy import prefect_client, run_sync
-    from deployments.prefect_server import ensure_server
-    from flows.common import today_in
-    from runbooks.loader import load_estate
+    from openbell.deployments import catchup as cu
+    from openbell.deployments.calendar_view import catchup_line
+    from openbell.deployments.deploy import prefect_client, run_sync
+    from openbell.deployments.prefect_server import ensure_server
+    from openbell.flows.common import today_in
+    from openbell.runbooks.loader import load_estate
 
     key = check_runbook(runbook)
     trade_date = parse_date(day)

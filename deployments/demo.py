@@ -35,12 +35,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
-from deployments.prefect_server import ensure_server
-from lab import supervisor
+from openbell.deployments.prefect_server import ensure_server
 from openbell.errors import OpenbellError
+from openbell.lab import supervisor
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
 
 console = Console(soft_wrap=True)
 OPENBELL = str(Path(sys.executable).with_name("openbell"))
@@ -61,8 +61,8 @@ def openbell(*args: str, check: bool = False) -> int:
 
 def run_with_approval(region: str) -> int:
     """Start of day as carol; when it asks, the region's approver says yes from the CLI."""
-    from tasks.approval_gate import pending_requests
-    from tasks.ledger import Ledger
+    from openbell.tasks.approvals.gate import pending_requests
+    from openbell.tasks.ledger import Ledger
 
     console.print(f"[dim]$ openbell run sod --region {region} --as {REQUESTER}[/]")
     sys.stdout.flush()
@@ -97,7 +97,7 @@ def eod_day(estate: Estate, region: str) -> date:
     closed session."""
     import exchange_calendars as xcals
 
-    from lab import trades
+    from openbell.lab import trades
 
     reg = estate.region(region)
     days = trades.recent_sessions(xcals.get_calendar(reg.primary_calendar), reg.timezone)

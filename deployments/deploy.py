@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from deployments.registry import RUNBOOKS, Runbook
-from deployments.schedules import PlannedRun, runs_between, scheduled_runbooks
+from openbell.deployments.registry import RUNBOOKS, Runbook
+from openbell.deployments.schedules import PlannedRun, runs_between, scheduled_runbooks
 from openbell.errors import OpenbellError
+from openbell.runbooks.schema import Estate
 from openbell.settings import REPO_ROOT
-from runbooks.schema import Estate
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -63,7 +63,7 @@ SCHEDULED_TAG = "openbell:scheduled"
 #: Tag on a run started by ``openbell catchup``.
 CATCHUP_TAG = "openbell:catch-up"
 DEFAULT_HORIZON_DAYS = 14
-KEEPER_FLOW = "deployments.keeper:keep_schedule"
+KEEPER_FLOW = "openbell.deployments.keeper:keep_schedule"
 KEEPER_EVERY = timedelta(hours=1)
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 

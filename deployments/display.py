@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from flows.plan import Plan
+from openbell.flows.plan import Plan
 from openbell.run import RunRecord, StepResult
 
 STYLE = {

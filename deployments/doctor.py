@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from deployments.catchup import DEFAULT_GRACE, run_statuses, workers_online
-from deployments.deploy import (
+from openbell.deployments.catchup import DEFAULT_GRACE, run_statuses, workers_online
+from openbell.deployments.deploy import (
     DEFAULT_HORIZON_DAYS,
     DeployError,
     deployment_differences,
@@ -32,10 +32,15 @@ from deployments.deploy import (
     prefect_client,
     read_openbell_deployments,
 )
-from deployments.registry import RUNBOOKS
-from deployments.schedules import dst_changes, runs_between, scheduled_runbooks, sessions_between
-from runbooks.schema import Estate
-from tasks.calendar import get_calendar
+from openbell.deployments.registry import RUNBOOKS
+from openbell.deployments.schedules import (
+    dst_changes,
+    runs_between,
+    scheduled_runbooks,
+    sessions_between,
+)
+from openbell.runbooks.schema import Estate
+from openbell.tasks.connectors.calendar import get_calendar
 
 Level = Literal["ok", "warn", "fail"]
 #: How far ahead a change of daylight saving is announced.

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from prefect import get_run_logger
 
-from deployments.deploy import DEFAULT_HORIZON_DAYS, prefect_client, top_up
-from flows.common import openbell_flow
-from runbooks.loader import load_estate
+from openbell.deployments.deploy import DEFAULT_HORIZON_DAYS, prefect_client, top_up
+from openbell.flows.common import openbell_flow
+from openbell.runbooks.loader import load_estate
 
 
 @openbell_flow("openbell-keeper", "keeper-{region}")

@@ -13,7 +13,7 @@ Example:
     >>> get_runbook("sod").deployment_name("emea")
     'sod-emea'
     >>> get_runbook("SOD").entrypoint
-    'flows.start_of_day:start_of_day'
+    'openbell.flows.start_of_day:start_of_day'
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class Runbook:
 RUNBOOKS: dict[str, Runbook] = {
     rb.key: rb
     for rb in (
-        Runbook("sod", "start of day", "flows.start_of_day:start_of_day"),
-        Runbook("eod", "end of day", "flows.end_of_day:end_of_day"),
+        Runbook("sod", "start of day", "openbell.flows.start_of_day:start_of_day"),
+        Runbook("eod", "end of day", "openbell.flows.end_of_day:end_of_day"),
     )
 }
 

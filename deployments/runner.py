@@ -12,7 +12,7 @@ from rich.console import Console
 
 from openbell.errors import OpenbellError
 from openbell.run import RunRecord
-from runbooks.loader import load_estate
+from openbell.runbooks.loader import load_estate
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def run_runbook(
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.deploy import runbook_slot
-    from deployments.prefect_server import ensure_server
-    from deployments.registry import get_runbook
-    from flows import common
-    from flows.common import RunParams, today_in
+    from openbell.deployments.deploy import runbook_slot
+    from openbell.deployments.prefect_server import ensure_server
+    from openbell.deployments.registry import get_runbook
+    from openbell.flows import common
+    from openbell.flows.common import RunParams, today_in
 
     loaded = load_estate(estate)
     loaded.region(region)
@@ -76,7 +76,7 @@ def run_runbook(
     api_url = ensure_server()
     progress: Any = None
     if console is not None:
-        from deployments.display import Progress
+        from openbell.deployments.display import Progress
 
         progress = Progress(console)
 

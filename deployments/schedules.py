@@ -15,7 +15,7 @@ Cron cannot say "45 minutes before the XNYS open, on sessions only": these plann
 are what ``deployments.deploy`` turns into concrete Prefect flow runs.
 
 Example:
-    >>> from runbooks.loader import load_estate
+    >>> from openbell.runbooks.loader import load_estate
     >>> estate = load_estate("runbooks/lab.yaml")
     >>> run = planned_run(estate, "eod", "amer", date(2026, 11, 27))
     >>> run.name, run.run_local.strftime("%H:%M %Z"), run.run_utc.strftime("%H:%M")
@@ -29,8 +29,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from runbooks.schema import Estate, RunbookSchedule
-from tasks.calendar import SessionInfo, get_calendar, region_day, session_info
+from openbell.runbooks.schema import Estate, RunbookSchedule
+from openbell.tasks.connectors.calendar import SessionInfo, get_calendar, region_day, session_info
 
 #: Prefix of every idempotency key openbell gives a scheduled flow run.
 KEY_PREFIX = "openbell"

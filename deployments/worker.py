@@ -14,8 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
-from deployments.deploy import DeployError, prefect_client
-from runbooks.schema import Estate
+from openbell.deployments.deploy import DeployError, prefect_client
+from openbell.runbooks.schema import Estate
 
 
 def worker_name(region: str) -> str:
@@ -34,7 +34,7 @@ def worker_command(
     """The argv and environment of ``prefect worker start`` for ``region``'s pool.
 
     Example:
-        >>> from runbooks.loader import load_estate
+        >>> from openbell.runbooks.loader import load_estate
         >>> argv, env = worker_command(load_estate("runbooks/lab.yaml"), "emea",
         ...                            "http://127.0.0.1:4200/api", name="w1")
         >>> argv[1:]

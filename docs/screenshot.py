@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the sample and the browser helper live under tests/
 
-from tasks.ledger import Ledger  # noqa: E402
-from tasks.report import write_run_report  # noqa: E402
+from openbell.tasks.ledger import Ledger  # noqa: E402
+from openbell.tasks.reports.report import write_run_report  # noqa: E402
 from tests.fixtures.browser import screenshot  # noqa: E402
 from tests.fixtures.report_sample import record_sample_run  # noqa: E402
 

@@ -28,13 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
+from openbell.runbooks.loader import estate_version, load_estate
+from openbell.runbooks.schema import Estate
 from openbell.secrets import install_log_redaction, preload, redact
 from openbell.settings import get_settings
-from runbooks.loader import estate_version, load_estate
-from runbooks.schema import Estate
-from tasks import http, notify, report, ssh
-from tasks.context import ProgressFn, RunContext, in_thread
-from tasks.ledger import Ledger
+from openbell.tasks.connectors import http, notify, ssh
+from openbell.tasks.context import ProgressFn, RunContext, in_thread
+from openbell.tasks.ledger import Ledger
+from openbell.tasks.reports import report
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _resolve_date(estate: Estate, params: RunParams) -> date:
 @task(name="calendar_gate", cache_policy=NO_CACHE)
 async def open_run(runbook: str, params: RunParams) -> tuple[RunContext, RunRecord]:
     """Load the estate, decide the calendar gate, build the run's resources, record it."""
-    from flows.plan import PLANNERS, calendar_facts, redo_steps
+    from openbell.flows.plan import PLANNERS, calendar_facts, redo_steps
 
     install_log_redaction()
     logger = get_run_logger()

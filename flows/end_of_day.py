@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from flows.common import (
+from openbell.flows.common import (
     RunParams,
     exclusive,
     finish_run,
@@ -41,17 +41,17 @@ from flows.common import (
 )
 from openbell.outcome import Status
 from openbell.run import RunRecord, StepResult
-from tasks.archive import check_disk_after_archive, ensure_day_archived
-from tasks.close import check_market_closed
-from tasks.context import RunContext, in_thread
-from tasks.ledger import RunLockedError
-from tasks.oms import (
+from openbell.tasks.archive import check_disk_after_archive, ensure_day_archived
+from openbell.tasks.close import check_market_closed
+from openbell.tasks.context import RunContext, in_thread
+from openbell.tasks.ledger import RunLockedError
+from openbell.tasks.oms import (
     check_fills_booked,
     check_positions_rolled,
     ensure_day_orders_terminal,
     reconcile_fills,
 )
-from tasks.sessions import ensure_fix_end_of_day
+from openbell.tasks.sessions import ensure_fix_end_of_day
 
 Step = Callable[[RunContext], Awaitable[StepResult]]
 

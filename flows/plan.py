@@ -14,15 +14,15 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 
-from runbooks.schema import Database, Estate, Host
-from tasks import calendar
-from tasks.apps import health_url
-from tasks.archive import archive_plan, find_argv
-from tasks.close import region_close
-from tasks.database import STEP_TITLES
-from tasks.hosts import disk_argv, fix_store_argv, logs_argv, rotation_cutoff
-from tasks.oms import orders_url, sweep_url
-from tasks.sessions import (
+from openbell.runbooks.schema import Database, Estate, Host
+from openbell.tasks.apps import health_url
+from openbell.tasks.archive import archive_plan, find_argv
+from openbell.tasks.close import region_close
+from openbell.tasks.connectors import calendar
+from openbell.tasks.database import STEP_TITLES
+from openbell.tasks.hosts import disk_argv, fix_store_argv, logs_argv, rotation_cutoff
+from openbell.tasks.oms import orders_url, sweep_url
+from openbell.tasks.sessions import (
     probe_description,
     reset_due,
     store_archive_argv,
@@ -104,7 +104,7 @@ def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
     """The start-of-day plan for one region and trade date.
 
     Example:
-        >>> from runbooks.loader import load_estate
+        >>> from openbell.runbooks.loader import load_estate
         >>> plan = build_sod_plan(load_estate("runbooks/lab.yaml"), "amer", date(2026, 11, 26))
         >>> plan.runs, plan.skip_reason
         (False, '2026-11-26 is not an XNYS session (holiday: Thanksgiving)')
@@ -264,7 +264,7 @@ def build_eod_plan(estate: Estate, region: str, day: date) -> Plan:
     """The end-of-day plan for one region and trade date.
 
     Example:
-        >>> from runbooks.loader import load_estate
+        >>> from openbell.runbooks.loader import load_estate
         >>> plan = build_eod_plan(load_estate("runbooks/lab.yaml"), "amer", date(2026, 11, 27))
         >>> plan.steps[1].note
         'closes 13:00 EST (XNYS half day: Black Friday); before the close: refuse'
@@ -467,7 +467,7 @@ def redo_steps(plan: Plan, from_step: str | None) -> frozenset[str]:
         UnknownNameError: ``from_step`` is not a step of the plan; lists the valid ones.
 
     Example:
-        >>> from runbooks.loader import load_estate
+        >>> from openbell.runbooks.loader import load_estate
         >>> plan = build_eod_plan(load_estate("runbooks/lab.yaml"), "amer", date(2026, 11, 27))
         >>> sorted(redo_steps(plan, "archive"))
         ['archive', 'disk_after_archive']
@@ -493,7 +493,7 @@ def annotate_rerun(plan: Plan, ledger: Any, from_step: str | None = None) -> Pla
     Raises:
         UnknownNameError: ``from_step`` is not a step of the plan; lists the valid ones.
     """
-    from tasks.ledger import CompletionKey
+    from openbell.tasks.ledger import CompletionKey
 
     redo = redo_steps(plan, from_step)
     out = plan.model_copy(deep=True)

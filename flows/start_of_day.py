@@ -21,17 +21,24 @@ Steps (DOMAIN.md, start of day), each a Prefect task that fans out over its targ
 
 from __future__ import annotations
 
-from flows.common import RunParams, finish_run, open_run, openbell_flow, run_namer, run_steps
-from flows.plan import SQL_STEPS
+from openbell.flows.common import (
+    RunParams,
+    finish_run,
+    open_run,
+    openbell_flow,
+    run_namer,
+    run_steps,
+)
+from openbell.flows.plan import SQL_STEPS
 from openbell.run import RunRecord, StepResult
-from tasks.alerts import check_alert_path
-from tasks.approval_gate import gate, policy_for
-from tasks.apps import apps_down, apps_not_up, ensure_apps_running
-from tasks.context import RunContext
-from tasks.database import check_database
-from tasks.feeds import check_feeds
-from tasks.hosts import check_clock, check_disk, check_fix_store, check_logs_rotated
-from tasks.sessions import check_fix_sessions
+from openbell.tasks.alerts import check_alert_path
+from openbell.tasks.approvals.gate import gate, policy_for
+from openbell.tasks.apps import apps_down, apps_not_up, ensure_apps_running
+from openbell.tasks.context import RunContext
+from openbell.tasks.database import check_database
+from openbell.tasks.feeds import check_feeds
+from openbell.tasks.hosts import check_clock, check_disk, check_fix_store, check_logs_rotated
+from openbell.tasks.sessions import check_fix_sessions
 
 
 async def _apps_in_order(ctx: RunContext) -> list[StepResult]:

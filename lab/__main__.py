@@ -1,7 +1,7 @@
-"""``python -m lab``: the same as ``python -m lab.run``."""
+"""``python -m openbell.lab``: the same as ``python -m openbell.lab.run``."""
 
 import sys
 
-from lab.run import main
+from openbell.lab.run import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """A simulated trading application: a process that serves ``GET /health``.
 
-Started detached by ``appctl start`` as ``python -m lab.app --root ROOT --app NAME``;
+Started detached by ``appctl start`` as ``python -m openbell.lab.app --root ROOT --app NAME``;
 reads its manifest (``ROOT/etc/apps/NAME.json``), binds the port of its health URL and
 answers::
 
@@ -27,9 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from lab.faults import FaultBook
+from openbell.lab.faults import FaultBook
 
-log = logging.getLogger("lab.app")
+log = logging.getLogger("openbell.lab.app")
 
 
 class AppState:
@@ -137,7 +137,7 @@ def _remove_own_pidfile(pidfile: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lab.app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="openbell.lab.app", description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="the host root")
     parser.add_argument("--app", required=True, help="the app name (its manifest)")
     args = parser.parse_args(argv)

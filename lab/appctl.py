@@ -13,7 +13,7 @@ status    0 running; 1 dead but pid file exists; 3 not running; 4 unknown app
 process table whenever it can; ``status -l NAME`` always comes here and adds the version
 the app's health endpoint reports.
 
-``start`` launches ``python -m lab.app`` detached (its own session, output to the
+``start`` launches ``python -m openbell.lab.app`` detached (its own session, output to the
 app's log), writes the pid file, and waits (bounded by ``--timeout``) until the health
 endpoint answers. Fault ``app_fails_to_start`` (optional params ``reason``) makes it
 refuse with exit 1. A start and a stop of the same app never overlap (a lock file).
@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab.faults import FaultBook
-from lab.paths import pid_alive, read_pid, terminate
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import pid_alive, read_pid, terminate
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -62,7 +62,7 @@ class AppControl:
     def running_pid(self) -> int | None:
         """The pid of the running app, or None (a stale pid file does not count)."""
         pid = read_pid(self.pidfile)
-        if pid and pid_alive(pid, "lab.app") and _cmdline_has(pid, self.app):
+        if pid and pid_alive(pid, "openbell.lab.app") and _cmdline_has(pid, self.app):
             return pid
         return None
 
@@ -117,7 +117,15 @@ class AppControl:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "lab.app", "--root", str(self.root), "--app", self.app],
+                [
+                    sys.executable,
+                    "-m",
+                    "openbell.lab.app",
+                    "--root",
+                    str(self.root),
+                    "--app",
+                    self.app,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -145,7 +153,7 @@ class AppControl:
                 )
                 return 0
             if time.monotonic() >= deadline:
-                terminate(proc.pid, "lab.app", timeout_s=5.0)
+                terminate(proc.pid, "openbell.lab.app", timeout_s=5.0)
                 self.pidfile.unlink(missing_ok=True)
                 print(
                     f"{self.app}: no health answer within {timeout_s:g} s; stopped it",
@@ -161,8 +169,8 @@ class AppControl:
                 self.pidfile.unlink(missing_ok=True)
                 print(f"{self.app}: not running")
                 return 0
-            terminate(pid, "lab.app", timeout_s=timeout_s)
-            if pid_alive(pid, "lab.app"):
+            terminate(pid, "openbell.lab.app", timeout_s=timeout_s)
+            if pid_alive(pid, "openbell.lab.app"):
                 print(f"{self.app}: could not stop pid {pid}", file=sys.stderr)
                 return 1
             self.pidfile.unlink(missing_ok=True)

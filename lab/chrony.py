@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.faults import FaultBook
+from openbell.lab.faults import FaultBook
 
 REF_ID = "A9FEA97B"
 REF_NAME = "169.254.169.123"

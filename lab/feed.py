@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from lab import jsonhttp
-from lab.faults import Fault, FaultBook
-from lab.paths import LabError, require_loopback
-from runbooks.schema import Estate
+from openbell.lab import jsonhttp
+from openbell.lab.faults import Fault, FaultBook
+from openbell.lab.paths import LabError, require_loopback
+from openbell.runbooks.schema import Estate
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ Faults (``lab.faults``), the ``fix_*`` ones read from the book at each logon:
   789, disconnect; the venue then expects ``expected``.
 - ``latency`` (``*``, ``ms``): every answer waits ``ms`` first (read at each answer).
 
-Run it alone with ``python -m lab.fix_venue --estate runbooks/lab.yaml``.
+Run it alone with ``python -m openbell.lab.fix_venue --estate runbooks/lab.yaml``.
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ from typing import Any, Literal
 
 import simplefix
 
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
+from openbell.runbooks.schema import Estate, FixSession
 from openbell.settings import get_settings
-from runbooks.schema import Estate, FixSession
 
 log = logging.getLogger(__name__)
 
@@ -1033,11 +1033,11 @@ def _append_line(path: Path, line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the venue alone until interrupted: ``python -m lab.fix_venue --estate PATH``."""
-    from runbooks.loader import load_estate
+    """Run the venue alone until interrupted: ``python -m openbell.lab.fix_venue --estate PATH``."""
+    from openbell.runbooks.loader import load_estate
 
     parser = argparse.ArgumentParser(
-        prog="python -m lab.fix_venue", description="The lab's FIX venue (session layer)."
+        prog="python -m openbell.lab.fix_venue", description="The lab's FIX venue (session layer)."
     )
     parser.add_argument(
         "--estate", type=Path, default=None, help="estate YAML (default: OPENBELL_ESTATE)"

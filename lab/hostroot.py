@@ -26,8 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from lab.paths import LabError, LabPaths, require_loopback
-from runbooks.schema import App, Estate, Host
+from openbell.lab.paths import LabError, LabPaths, require_loopback
+from openbell.runbooks.schema import App, Estate, Host
 
 log = logging.getLogger(__name__)
 

@@ -41,12 +41,12 @@ from typing import Any
 
 import asyncssh
 
-from lab import keys
-from lab.effects import EffectsLog
-from lab.faults import Fault, FaultBook
-from lab.hostroot import prepare_host
-from lab.paths import LabError, LabPaths, require_loopback
-from runbooks.schema import Estate, Host
+from openbell.lab import keys
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import Fault, FaultBook
+from openbell.lab.hostroot import prepare_host
+from openbell.lab.paths import LabError, LabPaths, require_loopback
+from openbell.runbooks.schema import Estate, Host
 
 log = logging.getLogger(__name__)
 

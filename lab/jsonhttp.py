@@ -9,7 +9,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lab.paths import LabError
+from openbell.lab.paths import LabError
 
 READ_TIMEOUT_S = 10.0
 MAX_BODY = 64 * 1024

@@ -14,7 +14,7 @@ region's current-or-next session) deletes that date's instruments; when the faul
 :func:`apply_faults` puts them back. The trade breaks (``missing_fill``,
 ``qty_mismatch``, ``price_mismatch``, ``duplicate_exec_id``, ``order_left_open``) are
 applied the same way. The supervisor calls it whenever the fault file changes;
-``python -m lab.oms --estate PATH`` does it by hand.
+``python -m openbell.lab.oms --estate PATH`` does it by hand.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from lab import trades
-from lab.faults import Fault, FaultBook
-from lab.paths import LabPaths
-from runbooks.schema import Estate, Region
+from openbell.lab import trades
+from openbell.lab.faults import Fault, FaultBook
+from openbell.lab.paths import LabPaths
+from openbell.runbooks.schema import Estate, Region
 
 if TYPE_CHECKING:
     from exchange_calendars import ExchangeCalendar
@@ -372,10 +372,10 @@ def _db(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lab.oms --estate PATH``: seed the lab databases and apply faults."""
-    from runbooks.loader import load_estate
+    """``python -m openbell.lab.oms --estate PATH``: seed the lab databases and apply faults."""
+    from openbell.runbooks.loader import load_estate
 
-    parser = argparse.ArgumentParser(prog="lab.oms", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="openbell.lab.oms", description=main.__doc__)
     parser.add_argument("--estate", required=True, type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

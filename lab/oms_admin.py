@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from lab import jsonhttp
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
-from lab.paths import LabError, require_loopback
-from runbooks.schema import Estate
+from openbell.lab import jsonhttp
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabError, require_loopback
+from openbell.runbooks.schema import Estate
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class OmsAdminServers:
     """Every OMS admin API of an estate, grouped by the address:port serving it."""
 
     def __init__(self, estate: Estate, book: FaultBook, effects: EffectsLog) -> None:
-        from lab.oms import sqlite_path
+        from openbell.lab.oms import sqlite_path
 
         self.book = book
         self.routes: dict[tuple[str, int], dict[str, OmsAdmin]] = {}

@@ -4,7 +4,7 @@ Layout under ``OPENBELL_HOME/lab/``::
 
     lab.pid  lab.log  lab.json     the supervisor's pid, log and state (endpoints, ready)
     faults.json                    the FaultBook shared by every component
-    effects.jsonl                  every side effect the lab applied (lab.effects)
+    effects.jsonl                  every side effect the lab applied (openbell.lab.effects)
     hostkeys/<host>                each SSH host's ed25519 key (kept across restarts)
     hosts/<host>/                  each host's root: bin/ etc/apps/ var/log var/run ...
 
@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.faults import FaultBook
 from openbell.errors import OpenbellError
+from openbell.lab.faults import FaultBook
 
 
 class LabError(OpenbellError):
@@ -112,7 +112,7 @@ def pid_alive(pid: int, needle: str | None = None) -> bool:
     Args:
         pid: the process id.
         needle: a substring its command line must contain (guards against a recycled
-            pid), e.g. ``"lab.app"``. Checked only where ``/proc`` exists.
+            pid), e.g. ``"openbell.lab.app"``. Checked only where ``/proc`` exists.
     """
     if pid <= 0:
         return False

@@ -1,10 +1,10 @@
-"""``python -m lab.run --estate PATH``: run the lab of an estate in the foreground.
+"""``python -m openbell.lab.run --estate PATH``: run the lab of an estate in the foreground.
 
 Every component (SSH hosts, OMS databases, feeds, FIX venue) runs in this one asyncio
 process until SIGTERM or Ctrl-C. ``lab.supervisor.up()`` starts this detached; run it by
 hand to watch the log on the terminal::
 
-    OPENBELL_HOME=./.openbell .venv/bin/python -m lab.run --estate runbooks/lab.yaml
+    OPENBELL_HOME=./.openbell .venv/bin/python -m openbell.lab.run --estate runbooks/lab.yaml
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-log = logging.getLogger("lab.run")
+log = logging.getLogger("openbell.lab.run")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the lab; the exit status (0 stopped cleanly, 1 failed, 2 bad estate)."""
-    parser = argparse.ArgumentParser(prog="lab.run", description="Run the openbell lab.")
+    parser = argparse.ArgumentParser(prog="openbell.lab.run", description="Run the openbell lab.")
     parser.add_argument(
         "--estate",
         type=Path,
@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-    from lab.paths import LabError, LabPaths, pid_alive, read_pid
-    from lab.supervisor import LAB_NEEDLE, serve
     from openbell.errors import EstateError
+    from openbell.lab.paths import LabError, LabPaths, pid_alive, read_pid
+    from openbell.lab.supervisor import LAB_NEEDLE, serve
+    from openbell.runbooks.loader import load_estate
     from openbell.settings import get_settings
-    from runbooks.loader import load_estate
 
     get_settings.cache_clear()
     paths = LabPaths.of()

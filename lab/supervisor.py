@@ -1,6 +1,6 @@
 """Run the whole lab in one asyncio process, and start/stop/inspect it from outside.
 
-Inside the lab process (``python -m lab.run --estate PATH``), :func:`serve` starts every
+Inside the lab process (``python -m openbell.lab.run --estate PATH``), :func:`serve` starts every
 component of the estate — SSH hosts, the OMS databases and their admin APIs, the feed
 servers and the FIX venue (``lab.fix_venue.start_fix_venue``, if present) — then watches
 the fault file: ``host_down`` opens/closes listeners, ``missing_refdata`` deletes/restores
@@ -38,20 +38,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab import oms
-from lab.effects import EffectsLog
-from lab.faults import Fault, FaultBook
-from lab.feed import FeedServers
-from lab.hostroot import rotate_logs
-from lab.hosts import HostFleet
-from lab.oms_admin import OmsAdminServers
-from lab.paths import LabError, LabPaths, pid_alive, read_pid, terminate, terminate_all
-from runbooks.schema import Estate
+from openbell.lab import oms
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import Fault, FaultBook
+from openbell.lab.feed import FeedServers
+from openbell.lab.hostroot import rotate_logs
+from openbell.lab.hosts import HostFleet
+from openbell.lab.oms_admin import OmsAdminServers
+from openbell.lab.paths import LabError, LabPaths, pid_alive, read_pid, terminate, terminate_all
+from openbell.runbooks.schema import Estate
 
 log = logging.getLogger(__name__)
 
-LAB_NEEDLE = "-m lab"  # in the lab process's command line (``-m lab.run`` or ``-m lab``)
-APP_NEEDLE = "lab.app"
+LAB_NEEDLE = "-m openbell.lab"  # in the lab process's command line (``-m openbell.lab.run``)
+APP_NEEDLE = "openbell.lab.app"
 WATCH_S = 0.1
 APPLIED_FILE = "faults.applied"
 ROTATE_EVERY_S = 60.0
@@ -273,7 +273,7 @@ def _spawn(paths: LabPaths, estate_file: Path) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
         "-m",
-        "lab.run",
+        "openbell.lab.run",
         "--estate",
         str(estate_file),
         "--home",
@@ -455,15 +455,17 @@ async def _start_fix_venue(estate: Estate, book: FaultBook) -> list[Any] | None:
     if not estate.fix_sessions:
         return []
     try:
-        from lab import fix_venue
+        from openbell.lab import fix_venue
     except ModuleNotFoundError as exc:
-        if exc.name != "lab.fix_venue":
+        if exc.name != "openbell.lab.fix_venue":
             raise
-        log.warning("lab.fix_venue is not there yet; FIX sessions will not answer")
+        log.warning("openbell.lab.fix_venue is not there yet; FIX sessions will not answer")
         return None
     start = getattr(fix_venue, "start_fix_venue", None)
     if start is None:
-        log.warning("lab.fix_venue has no start_fix_venue yet; FIX sessions will not answer")
+        log.warning(
+            "openbell.lab.fix_venue has no start_fix_venue yet; FIX sessions will not answer"
+        )
         return None
     return list(await start(estate, book))
 

@@ -54,9 +54,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lab.faults import Fault
-from lab.paths import LabPaths
-from runbooks.schema import Database, Estate
+from openbell.lab.faults import Fault
+from openbell.lab.paths import LabPaths
+from openbell.runbooks.schema import Database, Estate
 
 log = logging.getLogger(__name__)
 
@@ -602,7 +602,7 @@ class TradingDays:
             _write(marker, f"{_iso(now)}\n")
 
     def _clean_day(self, info: DayInfo) -> Day:
-        from lab.oms import sqlite_path
+        from openbell.lab.oms import sqlite_path
 
         path = sqlite_path(self.db.url or "")
         assert path is not None

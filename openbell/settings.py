@@ -9,7 +9,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ESTATE = REPO_ROOT / "runbooks" / "lab.yaml"
+
+
+def default_estate() -> Path:
+    """The lab estate shipped with openbell (package data of ``openbell.runbooks``)."""
+    from importlib.resources import files
+
+    return Path(str(files("openbell.runbooks") / "lab.yaml"))
 
 
 class Settings(BaseSettings):
@@ -23,7 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENBELL_", extra="ignore")
 
     home: Path = Field(default=Path("~/.openbell"), description="State, reports, lab files.")
-    estate: Path = Field(default=DEFAULT_ESTATE, description="The estate YAML to load.")
+    estate: Path = Field(default_factory=default_estate, description="The estate YAML to load.")
     slack_token: SecretStr | None = Field(default=None, description="Slack bot token.")
     slack_base_url: str = Field(default="https://slack.com/api/")
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")

@@ -38,8 +38,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from openbell.errors import EstateError, NotEntitledError, UnknownNameError
-from runbooks.loader import _format_path, _line_of, _parse_path
-from runbooks.schema import Estate, Group, Model
+from openbell.runbooks.loader import _format_path, _line_of, _parse_path
+from openbell.runbooks.schema import Estate, Group, Model
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from openbell.errors import EstateError
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.schema import Estate
 
 _VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 

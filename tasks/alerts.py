@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from tasks.context import RunContext, in_thread
-from tasks.steps import timed_step
+from openbell.tasks.context import RunContext, in_thread
+from openbell.tasks.steps import timed_step
 
 
 @task(name="check_alert_path", cache_policy=NO_CACHE)

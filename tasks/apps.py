@@ -16,9 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from openbell.errors import HttpError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import App
-from tasks.context import RunContext, fan_out, in_thread
-from tasks.steps import timed_step
+from openbell.runbooks.schema import App
+from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.steps import timed_step
 
 
 def health_url(app: App, address: str) -> str | None:

@@ -40,11 +40,11 @@ from openbell import chaos
 from openbell.errors import SshError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import Host
-from tasks.context import RunContext, fan_out, in_thread
-from tasks.hosts import check_disk
-from tasks.idempotency import idempotent
-from tasks.steps import timed_step
+from openbell.runbooks.schema import Host
+from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.hosts import check_disk
+from openbell.tasks.idempotency import idempotent
+from openbell.tasks.steps import timed_step
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from prefect.cache_policies import NO_CACHE
 
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import Region
-from tasks import calendar
-from tasks.context import RunContext
-from tasks.steps import timed_step
+from openbell.runbooks.schema import Region
+from openbell.tasks.connectors import calendar
+from openbell.tasks.context import RunContext
+from openbell.tasks.steps import timed_step
 
 Decision = Literal["closed", "wait", "refuse"]
 
@@ -35,7 +35,7 @@ def region_close(region: Region, day: date) -> tuple[datetime | None, dict[str, 
         (close or None when no venue trades that day, facts per venue).
 
     Example:
-        >>> from runbooks.schema import Region
+        >>> from openbell.runbooks.schema import Region
         >>> amer = Region(timezone="America/New_York", calendars=["XNYS"],
         ...               slack_channel="#a", approver_group="g", work_pool="amer")
         >>> close, facts = region_close(amer, date(2026, 11, 27))

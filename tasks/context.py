@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from openbell.errors import CommandTimeoutError, ConnectionLostError, OpenbellError
 from openbell.outcome import Outcome, Status, utcnow
+from openbell.runbooks.schema import Estate
 from openbell.secrets import redact
-from runbooks.schema import Estate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

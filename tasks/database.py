@@ -15,10 +15,10 @@ from prefect.cache_policies import NO_CACHE
 from openbell import secrets
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import Database, SqlCheck
-from tasks import sql
-from tasks.context import RunContext, fan_out, in_thread
-from tasks.steps import timed_step
+from openbell.runbooks.schema import Database, SqlCheck
+from openbell.tasks.connectors import sql
+from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.steps import timed_step
 
 STEP_TITLES = {
     "refdata": "Reference data loaded",

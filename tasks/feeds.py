@@ -10,9 +10,9 @@ from prefect.cache_policies import NO_CACHE
 
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import Feed
-from tasks.context import RunContext, fan_out
-from tasks.steps import timed_step
+from openbell.runbooks.schema import Feed
+from openbell.tasks.context import RunContext, fan_out
+from openbell.tasks.steps import timed_step
 
 
 def judge_feed(

@@ -16,9 +16,9 @@ from prefect.cache_policies import NO_CACHE
 
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import Host
-from tasks.context import RunContext, fan_out, in_thread
-from tasks.steps import timed_step
+from openbell.runbooks.schema import Host
+from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.steps import timed_step
 
 
 def disk_argv(path: str) -> list[str]:

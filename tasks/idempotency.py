@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 from openbell import chaos
 from openbell.outcome import Outcome, Status, utcnow
-from tasks.context import RunContext, in_thread, outcome_from_error
-from tasks.ledger import CompletionKey
+from openbell.tasks.context import RunContext, in_thread, outcome_from_error
+from openbell.tasks.ledger import CompletionKey
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -32,13 +32,13 @@ from prefect.cache_policies import NO_CACHE
 from openbell import chaos
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
+from openbell.runbooks.schema import Database, OmsEod
 from openbell.settings import get_settings
-from runbooks.schema import Database, OmsEod
-from tasks.context import RunContext, fan_out, in_thread
-from tasks.database import sql_runner
-from tasks.idempotency import completion_key, idempotent
-from tasks.recon import Execution, reconcile, roll_positions
-from tasks.steps import timed_step
+from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.database import sql_runner
+from openbell.tasks.idempotency import completion_key, idempotent
+from openbell.tasks.recon import Execution, reconcile, roll_positions
+from openbell.tasks.steps import timed_step
 
 #: Rows read at most per query (a day's fills of one OMS).
 MAX_ROWS = 200_000

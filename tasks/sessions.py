@@ -19,11 +19,11 @@ from openbell import chaos
 from openbell.errors import FixError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import StepResult
-from runbooks.schema import Estate, FixSession
-from tasks import calendar, fix
-from tasks.context import RunContext, fan_out, in_thread
-from tasks.idempotency import idempotent
-from tasks.steps import timed_step
+from openbell.runbooks.schema import Estate, FixSession
+from openbell.tasks.connectors import calendar, fix
+from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.idempotency import idempotent
+from openbell.tasks.steps import timed_step
 
 
 def probe_description(session: FixSession) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from openbell import chaos
 from openbell.outcome import Outcome, utcnow
 from openbell.run import StepResult
-from tasks.context import RunContext, in_thread
+from openbell.tasks.context import RunContext, in_thread
 
 
 async def timed_step(

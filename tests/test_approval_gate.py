@@ -24,16 +24,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.runner import run_runbook
-from lab.faults import FaultBook
+from openbell.deployments.cli import app
+from openbell.deployments.runner import run_runbook
+from openbell.lab.faults import FaultBook
 from openbell.outcome import Status
 from openbell.run import RunRecord
-from runbooks.schema import Estate
-from tasks import calendar
-from tasks.approval_gate import Decided, OpenRequest, pending_requests, resume_run
-from tasks.ledger import Ledger
-from tasks.ssh import SshPool
+from openbell.runbooks.schema import Estate
+from openbell.tasks.approvals.gate import Decided, OpenRequest, pending_requests, resume_run
+from openbell.tasks.connectors import calendar
+from openbell.tasks.connectors.ssh import SshPool
+from openbell.tasks.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def estate_with_approvals(
     prefect_server: str, lab_estate: tuple[Path, Estate], lab_faults: FaultBook, tmp_path: Path
 ) -> Callable[..., tuple[Path, Estate]]:
     """Writes a copy of the lab estate whose start of day needs approval to start apps."""
-    from runbooks.loader import load_estate
+    from openbell.runbooks.loader import load_estate
 
     src, _ = lab_estate
 

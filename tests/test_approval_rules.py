@@ -11,10 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from openbell.errors import ApprovalRuleError, UnknownNameError
-from runbooks.entitlements import LAB_ENTITLEMENTS, Entitlements, load_entitlements
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
-from tasks.approvals import (
+from openbell.runbooks.entitlements import LAB_ENTITLEMENTS, Entitlements, load_entitlements
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
+from openbell.tasks.approvals.rules import (
     DEFAULT_TTL,
     ApprovalDecision,
     ApprovalRequest,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from openbell.outcome import Outcome, Status
-from runbooks.loader import load_estate
-from tasks.archive import archive_plan, ensure_day_archived, find_argv, parse_sha256sum
-from tasks.context import RunContext
-from tasks.ssh import CommandResult, FakeSshRunner
+from openbell.runbooks.loader import load_estate
+from openbell.tasks.archive import archive_plan, ensure_day_archived, find_argv, parse_sha256sum
+from openbell.tasks.connectors.ssh import CommandResult, FakeSshRunner
+from openbell.tasks.context import RunContext
 from tests.fixtures.localhosts import LocalHosts
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"

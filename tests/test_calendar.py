@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, time
 
 import pytest
 
-from runbooks.schema import Region
-from tasks.calendar import (
+from openbell.runbooks.schema import Region
+from openbell.tasks.connectors.calendar import (
     SessionInfo,
     get_calendar,
     previous_session,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from deployments.catchup import CatchUpError, catch_up, classify, wait_for
-from deployments.deploy import prefect_client, read_runs_by_key
-from deployments.schedules import planned_run, runs_between
-from runbooks.loader import load_estate
+from openbell.deployments.catchup import CatchUpError, catch_up, classify, wait_for
+from openbell.deployments.deploy import prefect_client, read_runs_by_key
+from openbell.deployments.schedules import planned_run, runs_between
+from openbell.runbooks.loader import load_estate
 from tests.fixtures.prefect import LAB, Deployed, Worker
 
 

@@ -13,10 +13,10 @@ import paramiko
 import pytest
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from lab.faults import FaultBook
-from runbooks.schema import Estate
-from tasks import calendar
+from openbell.deployments.cli import app
+from openbell.lab.faults import FaultBook
+from openbell.runbooks.schema import Estate
+from openbell.tasks.connectors import calendar
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 runner = CliRunner()
@@ -172,7 +172,7 @@ def test_plan_json_has_the_exact_commands() -> None:
 
 
 def test_who_may_not_is_refused_in_one_line_and_the_refusal_is_in_the_ledger() -> None:
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
     result = invoke("plan", "sod", "--region", "emea", "--estate", str(LAB), "--as", "mallory")
     assert result.exit_code == 1
@@ -193,7 +193,7 @@ def test_who_may_not_is_refused_in_one_line_and_the_refusal_is_in_the_ledger() -
 
 def test_audit_verify_finds_a_row_altered_with_sqlite3(tmp_path: Path) -> None:
     from openbell.settings import get_settings
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with Ledger(url) as ledger:
@@ -221,7 +221,7 @@ def test_audit_verify_finds_a_row_altered_with_sqlite3(tmp_path: Path) -> None:
 
 def test_audit_export_writes_a_bundle_that_verifies_offline(tmp_path: Path) -> None:
     from openbell.settings import get_settings
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with Ledger(url) as ledger:
@@ -359,7 +359,7 @@ def test_unreachable_host_and_wrong_host_key_are_named(lab, tmp_path: Path) -> N
 @pytest.fixture
 def report_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """OPENBELL_LEDGER_URL pointing at a ledger holding the sample run of emea 2026-11-24."""
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
     from tests.fixtures.report_sample import record_sample_run
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"

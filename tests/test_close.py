@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from openbell.outcome import Status
-from runbooks.loader import load_estate
-from runbooks.schema import Estate, RunbookPolicy
-from tasks.close import check_market_closed, close_decision, region_close
-from tasks.context import RunContext
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate, RunbookPolicy
+from openbell.tasks.close import check_market_closed, close_decision, region_close
+from openbell.tasks.context import RunContext
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 

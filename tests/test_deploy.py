@@ -19,8 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.deploy import (
+from openbell.deployments.cli import app
+from openbell.deployments.deploy import (
     PREFECT_YAML,
     DeployError,
     deploy,
@@ -32,8 +32,8 @@ from deployments.deploy import (
     runbook_slot,
     scheduled_at,
 )
-from deployments.schedules import runs_between
-from runbooks.loader import load_estate
+from openbell.deployments.schedules import runs_between
+from openbell.runbooks.loader import load_estate
 from tests.fixtures.prefect import LAB, Deployed
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.doctor import calendar_checks, prefect_checks
-from runbooks.loader import load_estate
+from openbell.deployments.cli import app
+from openbell.deployments.doctor import calendar_checks, prefect_checks
+from openbell.runbooks.loader import load_estate
 from tests.fixtures.prefect import LAB, Deployed
 from tests.fixtures.services import free_port
 
@@ -88,7 +88,7 @@ def test_three_days_without_keeper_or_workers_shows_late_runs_and_a_short_horizo
 @pytest.mark.integration
 def test_doctor_after_deploy_is_clean(deployed: Deployed, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(
-        __import__("deployments.deploy", fromlist=["deploy"]).deploy(
+        __import__("openbell.deployments.deploy", fromlist=["deploy"]).deploy(
             deployed.estate, deployed.api_url, prefect_yaml=None
         )
     )

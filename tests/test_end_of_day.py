@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from deployments.runner import run_runbook
-from lab import trades
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
-from lab.paths import LabPaths
+from openbell.deployments.runner import run_runbook
+from openbell.lab import trades
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabPaths
 from openbell.outcome import Outcome, Status
 from openbell.run import RunRecord
-from runbooks.schema import Estate
-from tasks import calendar
-from tasks.sessions import reset_due
+from openbell.runbooks.schema import Estate
+from openbell.tasks.connectors import calendar
+from openbell.tasks.sessions import reset_due
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def effects() -> EffectsLog:
 
 
 def break_faults(book: FaultBook, estate: Estate, kinds: list[str], day: date) -> None:
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     (db,) = estate.oms_in(REGION)
     for kind in kinds:

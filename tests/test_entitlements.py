@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from openbell.errors import EstateError, NotEntitledError, UnknownNameError
-from runbooks.entitlements import (
+from openbell.runbooks.entitlements import (
     ACTIONS,
     LAB_ENTITLEMENTS,
     RUNBOOKS,
@@ -18,8 +18,8 @@ from runbooks.entitlements import (
     load_entitlements,
     resolve_person,
 )
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 

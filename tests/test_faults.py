@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
-from lab.paths import LabPaths
-from runbooks.schema import Estate
-from tasks.ledger import Ledger
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabPaths
+from openbell.runbooks.schema import Estate
+from openbell.tasks.ledger import Ledger
 from tests.fixtures.killer import closed_days, duplicates, kill_chain, trace_points
 from tests.test_end_of_day import eod_day
 
@@ -54,7 +54,7 @@ def test_killed_anywhere_then_rerun_applies_each_side_effect_once(
         "PREFECT_API_URL": prefect_server,
     }
     days = fresh_days(estate, 7)
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     (db,) = estate.oms_in(REGION)
 

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from lab.faults import FaultBook
-from lab.fix_venue import FixVenue
 from openbell.errors import (
     FixError,
     FixLogonRejectedError,
     FixSequenceTooLowError,
     FixTimeoutError,
 )
+from openbell.lab.faults import FaultBook
+from openbell.lab.fix_venue import FixVenue
+from openbell.runbooks.schema import Estate, FixSession
 from openbell.settings import get_settings
-from runbooks.schema import Estate, FixSession
-from tasks.fix import (
+from openbell.tasks.connectors.fix import (
     DEADLINE_MARGIN_S,
     LogoutResult,
     ProbeResult,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from lab.faults import FaultBook
-from lab.fix_venue import LOGON_REJECTED_TEXT, FixVenue, start_fix_venue
+from openbell.lab.faults import FaultBook
+from openbell.lab.fix_venue import LOGON_REJECTED_TEXT, FixVenue, start_fix_venue
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.schema import Estate
 from tests.fixtures.fix import VENUE_ID, FixPeer, eod_estate, field, fix_estate, running_venue
 from tests.fixtures.services import free_port
 
@@ -547,7 +547,7 @@ def store(home: Path, session: str) -> Path:
 def test_an_end_of_day_logout_applies_the_reset_policy(
     home: Path, book: FaultBook, name: str, resets: bool
 ) -> None:
-    from lab.effects import EffectsLog
+    from openbell.lab.effects import EffectsLog
 
     estate = eod_estate(home)
 
@@ -603,7 +603,7 @@ def test_the_store_carries_sequence_numbers_across_a_venue_restart(
 
 
 def test_a_plain_logout_is_not_an_end_of_day(home: Path, book: FaultBook) -> None:
-    from lab.effects import EffectsLog
+    from openbell.lab.effects import EffectsLog
 
     estate = eod_estate(home)
 

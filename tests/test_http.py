@@ -17,7 +17,7 @@ import pytest
 
 from openbell.errors import HttpError
 from openbell.secrets import register
-from tasks.http import HttpClient, HttpResult
+from openbell.tasks.connectors.http import HttpClient, HttpResult
 from tests.fixtures.services import free_port
 
 T = TypeVar("T")
@@ -273,7 +273,7 @@ def test_secret_in_url_never_reaches_errors_or_logs(
 ) -> None:
     token = "tok-s3cr3t+++$"
     register(token)
-    caplog.set_level(logging.DEBUG, logger="tasks.http")
+    caplog.set_level(logging.DEBUG, logger="openbell.tasks.connectors.http")
     with pytest.raises(HttpError) as err:
         run(lambda h: h.get(f"{server.base}/missing?token={token}", target="feed"))
     assert token not in str(err.value)

@@ -14,16 +14,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.runner import run_runbook
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
-from lab.paths import LabPaths
+from openbell.deployments.cli import app
+from openbell.deployments.runner import run_runbook
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabPaths
 from openbell.outcome import Outcome, Status
 from openbell.run import RunRecord
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.schema import Estate
-from tasks.ledger import Ledger
+from openbell.tasks.ledger import Ledger
 from tests.fixtures.killer import closed_days
 from tests.test_end_of_day import eod_day
 
@@ -208,7 +208,7 @@ def test_a_run_that_died_is_recorded_as_interrupted_by_the_next(
     lab: tuple[Path, Estate], day: date
 ) -> None:
     path, _ = lab
-    from tasks.ledger.runs import run_started_payload
+    from openbell.tasks.ledger.runs import run_started_payload
 
     with Ledger() as ledger:  # what a run killed after its start leaves in the ledger
         ledger.append(

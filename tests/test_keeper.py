@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from deployments.catchup import wait_for
-from deployments.deploy import (
+from openbell.deployments.catchup import wait_for
+from openbell.deployments.deploy import (
     deploy,
     prefect_client,
     read_openbell_deployments,
     read_runs_by_key,
     scheduled_at,
 )
-from deployments.schedules import runs_between
+from openbell.deployments.schedules import runs_between
 from tests.fixtures.prefect import Deployed, Worker
 
 pytestmark = pytest.mark.integration

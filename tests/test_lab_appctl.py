@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lab.faults import FaultBook
-from lab.paths import LabPaths
-from runbooks.schema import Estate
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabPaths
+from openbell.runbooks.schema import Estate
 from tests.fixtures.lab import ssh_run
 
 pytestmark = pytest.mark.integration

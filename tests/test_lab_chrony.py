@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.chrony import tracking
-from lab.faults import FaultBook
-from runbooks.schema import Estate
+from openbell.lab.chrony import tracking
+from openbell.lab.faults import FaultBook
+from openbell.runbooks.schema import Estate
 from tests.fixtures.lab import ssh_run
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def test_the_shell_fast_path_renders_what_lab_chrony_renders(
     lab_estate: tuple[Path, Estate], lab_faults: FaultBook, flags: str
 ) -> None:
     """With no clock_offset fault the host's shim answers in awk; it must not drift from
-    lab.chrony (same lines and fields, values a moment apart)."""
+    openbell.lab.chrony (same lines and fields, values a moment apart)."""
     _, estate = lab_estate
     host = next(iter(estate.hosts))
     rc, out, err = ssh_run(estate, host, f"chronyc {flags}tracking")

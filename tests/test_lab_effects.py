@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from lab.effects import EffectsLog
+from openbell.lab.effects import EffectsLog
 
 
 def _append(path: str, n: int, who: int) -> None:

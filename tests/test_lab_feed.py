@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from lab.faults import FaultBook
-from runbooks.schema import Estate
+from openbell.lab.faults import FaultBook
+from openbell.runbooks.schema import Estate
 from tests.fixtures.lab import eventually
 
 pytestmark = pytest.mark.integration

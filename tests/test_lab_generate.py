@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.generate import free_ports, generate_estate, sql_checks
-from openbell.settings import DEFAULT_ESTATE
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
+from openbell.lab.generate import free_ports, generate_estate, sql_checks
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
+from openbell.settings import default_estate
 
 
 def _ports(estate: Estate) -> list[int]:
@@ -67,7 +67,7 @@ def test_apps_form_the_requested_tiers_within_each_region(tmp_path: Path) -> Non
 
 def test_databases_carry_the_lab_yaml_checks(tmp_path: Path) -> None:
     estate = load_estate(generate_estate(tmp_path / "e.yaml"))
-    reference = load_estate(DEFAULT_ESTATE)
+    reference = load_estate(default_estate())
     expected = next(iter(reference.databases.values())).checks
     assert all(db.checks == expected for db in estate.databases.values())
     assert [c["name"] for c in sql_checks()] == [c.name for c in expected]

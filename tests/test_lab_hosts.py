@@ -9,10 +9,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from lab import keys
-from lab.faults import FaultBook
-from lab.paths import LabPaths
-from runbooks.schema import Estate
+from openbell.lab import keys
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabPaths
+from openbell.runbooks.schema import Estate
 from tests.fixtures.lab import eventually, ssh_client, ssh_run
 
 pytestmark = pytest.mark.integration
@@ -152,7 +152,7 @@ def test_sftp_is_chrooted_to_the_host_root(lab_estate: tuple[Path, Estate]) -> N
 def test_host_down_refuses_connections_until_removed(
     lab_estate: tuple[Path, Estate], lab_faults: FaultBook
 ) -> None:
-    from lab.supervisor import wait_faults_applied
+    from openbell.lab.supervisor import wait_faults_applied
 
     _, estate = lab_estate
     name = _first(estate)
@@ -238,8 +238,8 @@ def _alive(pid: int) -> bool:
 def test_commands_that_change_files_are_recorded_as_effects(
     lab_estate: tuple[Path, Estate],
 ) -> None:
-    from lab.effects import EffectsLog
-    from lab.hosts import effect_of
+    from openbell.lab.effects import EffectsLog
+    from openbell.lab.hosts import effect_of
 
     assert effect_of("tar -czf a.tgz var/log </dev/null")[0] == "archive"
     assert effect_of("tar -tzf a.tgz </dev/null")[0] is None

@@ -10,10 +10,10 @@ from typing import Any
 import exchange_calendars as xcals
 import pytest
 
-from lab import oms
-from lab.faults import FaultBook
-from lab.supervisor import wait_faults_applied
-from runbooks.schema import Database, Estate
+from openbell.lab import oms
+from openbell.lab.faults import FaultBook
+from openbell.lab.supervisor import wait_faults_applied
+from openbell.runbooks.schema import Database, Estate
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,7 @@ def _row_counts(estate: Estate) -> dict[str, tuple[int, ...]]:
 
 
 def _recent_closed_session(estate: Estate, db: Database) -> str:
-    from lab import trades
+    from openbell.lab import trades
 
     region = estate.region(db.region)
     local = oms.current_session(region)
@@ -142,7 +142,7 @@ def _recent_closed_session(estate: Estate, db: Database) -> str:
 
 
 def test_recent_sessions_trade_and_every_side_agrees(lab_estate: tuple[Path, Estate]) -> None:
-    from tasks.recon import Execution, reconcile, roll_positions
+    from openbell.tasks.recon import Execution, reconcile, roll_positions
 
     _, estate = lab_estate
     for name, db in estate.oms_in("amer").items():

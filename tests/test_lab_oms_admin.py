@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from lab import oms, trades
-from lab.effects import EffectsLog
-from lab.faults import Fault, FaultBook
-from lab.oms_admin import OmsAdminServers
-from runbooks.loader import load_estate
+from openbell.lab import oms, trades
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import Fault, FaultBook
+from openbell.lab.oms_admin import OmsAdminServers
+from openbell.runbooks.loader import load_estate
 from tests.fixtures.services import free_port
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"

@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from lab import supervisor
-from lab.generate import generate_estate
-from lab.hostroot import rotate_logs
-from lab.paths import LabError, LabPaths, pid_alive
+from openbell.lab import supervisor
+from openbell.lab.generate import generate_estate
+from openbell.lab.hostroot import rotate_logs
+from openbell.lab.paths import LabError, LabPaths, pid_alive
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
 from tests.fixtures.lab import ssh_run
 from tests.fixtures.services import port_open
 

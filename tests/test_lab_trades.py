@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import oms, trades
-from lab.faults import Fault
-from lab.paths import LabPaths
-from runbooks.loader import load_estate
-from tasks.recon import Execution, reconcile, roll_positions
+from openbell.lab import oms, trades
+from openbell.lab.faults import Fault
+from openbell.lab.paths import LabPaths
+from openbell.runbooks.loader import load_estate
+from openbell.tasks.recon import Execution, reconcile, roll_positions
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 DAY = date(2026, 11, 27)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from openbell import secrets
 from openbell.outcome import Outcome, Status
 from openbell.run import LedgerAnchor, RunRecord, StepResult
-from tasks.ledger import (
+from openbell.tasks.ledger import (
     GENESIS,
     CompletionKey,
     Ledger,

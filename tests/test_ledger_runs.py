@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from openbell.outcome import Status
-from tasks.approvals import ApprovalDecision, ApprovalRequest
-from tasks.ledger import Ledger
+from openbell.tasks.approvals.rules import ApprovalDecision, ApprovalRequest
+from openbell.tasks.ledger import Ledger
 from tests.fixtures.report_sample import DAY, at, record_sample_run, record_simple_run
 
 H1, H2 = "1" * 64, "2" * 64

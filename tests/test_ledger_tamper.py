@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tasks.ledger import Ledger
+from openbell.tasks.ledger import Ledger
 
 if TYPE_CHECKING:
     from tests.fixtures.ledger import Attacker, Trial

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from openbell.errors import EstateError, UnknownNameError
-from runbooks.loader import load_estate
+from openbell.runbooks.loader import load_estate
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 

@@ -19,7 +19,7 @@ from openbell.errors import NotifyError
 from openbell.outcome import Status
 from openbell.secrets import register
 from openbell.settings import Settings
-from tasks.notify import (
+from openbell.tasks.connectors.notify import (
     ConsoleNotifier,
     Delivery,
     MessageRef,
@@ -338,4 +338,4 @@ def test_delivery_is_a_plain_record() -> None:
 
 @pytest.fixture(autouse=True)
 def _quiet_slack_sdk(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="tasks.notify")
+    caplog.set_level(logging.INFO, logger="openbell.tasks.connectors.notify")

@@ -13,15 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from lab import oms, trades
-from lab.faults import Fault
+from openbell.lab import oms, trades
+from openbell.lab.faults import Fault
 from openbell.outcome import Status
 from openbell.run import StepResult
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
-from tasks.context import RunContext
-from tasks.http import HttpClient
-from tasks.oms import (
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
+from openbell.tasks.connectors.http import HttpClient
+from openbell.tasks.context import RunContext
+from openbell.tasks.oms import (
     check_fills_booked,
     check_positions_rolled,
     ensure_day_orders_terminal,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.plan import build_sod_plan
 from openbell.errors import UnknownNameError
-from runbooks.loader import load_estate
+from openbell.flows.plan import build_sod_plan
+from openbell.runbooks.loader import load_estate
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 
@@ -82,7 +82,7 @@ def test_unknown_region(estate) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_eod_plan_on_a_half_day_lists_every_step_and_target(estate) -> None:  # type: ignore[no-untyped-def]
-    from flows.plan import build_eod_plan
+    from openbell.flows.plan import build_eod_plan
 
     plan = build_eod_plan(estate, "amer", date(2026, 11, 27))
     assert plan.runbook == "eod" and plan.runs
@@ -111,7 +111,7 @@ def test_eod_plan_on_a_half_day_lists_every_step_and_target(estate) -> None:  # 
 
 
 def test_eod_plan_keeps_the_store_when_no_reset_is_due(estate) -> None:  # type: ignore[no-untyped-def]
-    from flows.plan import build_eod_plan
+    from openbell.flows.plan import build_eod_plan
 
     plan = build_eod_plan(estate, "amer", date(2026, 11, 24))  # a Tuesday
     fix = {s.name: s for s in plan.steps}["fix_eod"]
@@ -121,7 +121,7 @@ def test_eod_plan_keeps_the_store_when_no_reset_is_due(estate) -> None:  # type:
 
 
 def test_eod_plan_on_a_holiday_is_only_the_calendar(estate) -> None:  # type: ignore[no-untyped-def]
-    from flows.plan import build_eod_plan
+    from openbell.flows.plan import build_eod_plan
 
     plan = build_eod_plan(estate, "emea", date(2026, 12, 25))
     assert not plan.runs and [s.name for s in plan.steps] == ["calendar"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.recon import (
+from openbell.tasks.recon import (
     Execution,
     normalize_side,
     reconcile,

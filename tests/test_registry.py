@@ -7,9 +7,9 @@ import inspect
 import pytest
 from prefect import Flow
 
-from deployments.registry import RUNBOOKS, get_runbook
+from openbell.deployments.registry import RUNBOOKS, get_runbook
 from openbell.errors import UnknownNameError
-from runbooks.schema import RUNBOOK_NAMES
+from openbell.runbooks.schema import RUNBOOK_NAMES
 
 
 @pytest.mark.parametrize("key", sorted(RUNBOOKS))

@@ -18,9 +18,15 @@ import pytest
 from openbell import secrets
 from openbell.outcome import Outcome, Status
 from openbell.run import RunRecord, StepResult
-from tasks.ledger import Ledger
-from tasks.report import APPROVAL_COLOUR, COLOURS, render, write_reports, write_run_report
-from tasks.rollup import write_rollup
+from openbell.tasks.ledger import Ledger
+from openbell.tasks.reports.report import (
+    APPROVAL_COLOUR,
+    COLOURS,
+    render,
+    write_reports,
+    write_run_report,
+)
+from openbell.tasks.reports.rollup import write_rollup
 from tests.fixtures.browser import dump_dom, read_png, require_chromium, screenshot
 from tests.fixtures.report_sample import DAY, HOSTILE, record_sample_run
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from openbell.outcome import Status
-from tasks.ledger import Ledger
-from tasks.rollup import rollup_paths, write_rollup
+from openbell.tasks.ledger import Ledger
+from openbell.tasks.reports.rollup import rollup_paths, write_rollup
 from tests.fixtures.report_sample import DAY, record_sample_run, record_simple_run
 
 OTHER_DAY = DAY + timedelta(days=1)

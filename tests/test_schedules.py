@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from deployments.schedules import (
+from openbell.deployments.schedules import (
     calendar_days,
     dst_changes,
     planned_run,
@@ -14,7 +14,7 @@ from deployments.schedules import (
     runs_between,
     scheduled_runbooks,
 )
-from runbooks.schema import Estate
+from openbell.runbooks.schema import Estate
 
 
 def d(text: str) -> date:

@@ -22,15 +22,15 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from deployments.runner import run_runbook
-from lab.faults import FaultBook
+from openbell.deployments.runner import run_runbook
+from openbell.lab.faults import FaultBook
 from openbell.outcome import Status
 from openbell.run import RunRecord
+from openbell.runbooks.schema import Estate
 from openbell.secrets import MASK
 from openbell.settings import get_settings
-from runbooks.schema import Estate
-from tasks import calendar
-from tasks.ssh import SshPool
+from openbell.tasks.connectors import calendar
+from openbell.tasks.connectors.ssh import SshPool
 from tests.fixtures.postgres import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
 from tests.fixtures.slack import SlackApi
 
@@ -52,7 +52,7 @@ def canary_estate(
 ) -> Iterator[tuple[Path, Estate, FaultBook, SlackApi]]:
     from prefect.blocks.system import Secret
 
-    from runbooks.loader import load_estate
+    from openbell.runbooks.loader import load_estate
 
     src, estate = lab_estate
     doc = yaml.safe_load(src.read_text())

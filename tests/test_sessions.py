@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
 from openbell.outcome import Status
+from openbell.runbooks.schema import FixSession
 from openbell.settings import get_settings
-from runbooks.schema import FixSession
-from tasks.context import RunContext
-from tasks.sessions import ensure_fix_end_of_day, parse_seqnums, reset_due
+from openbell.tasks.context import RunContext
+from openbell.tasks.sessions import ensure_fix_end_of_day, parse_seqnums, reset_due
 from tests.fixtures.fix import eod_estate, running_venue
 from tests.fixtures.localhosts import LocalHosts
 

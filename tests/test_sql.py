@@ -16,9 +16,15 @@ import yaml
 from pydantic import SecretStr
 
 from openbell.errors import ReadOnlyViolationError, SqlError, SqlTimeoutError
+from openbell.runbooks.schema import Expectation, SqlCheck
 from openbell.secrets import redact
-from runbooks.schema import Expectation, SqlCheck
-from tasks.sql import CheckResult, SqlRunner, dispose_all, run_check, why_not_read_only
+from openbell.tasks.connectors.sql import (
+    CheckResult,
+    SqlRunner,
+    dispose_all,
+    run_check,
+    why_not_read_only,
+)
 from tests.fixtures.services import free_port
 
 LAB_YAML = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
@@ -169,7 +175,7 @@ def test_sqlite_value_that_cannot_be_compared_does_not_pass(lite: SqlRunner) -> 
 def test_sqlite_rows_and_max_rows(lite: SqlRunner, caplog: pytest.LogCaptureFixture) -> None:
     rows = lite.rows("SELECT symbol, tick_size FROM instruments ORDER BY symbol")
     assert rows[0] == {"symbol": "6758.T", "tick_size": 1.0}
-    with caplog.at_level(logging.WARNING, logger="tasks.sql"):
+    with caplog.at_level(logging.WARNING, logger="openbell.tasks.connectors.sql"):
         assert len(lite.rows("SELECT * FROM instruments", max_rows=2)) == 2
     assert "more than 2 rows" in caplog.text
 

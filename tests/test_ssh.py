@@ -1,4 +1,4 @@
-"""Tests for tasks.ssh: quoting and the fake on their own, SshPool against a real sshd.
+"""Tests for openbell.tasks.connectors.ssh: quoting and the fake alone, SshPool against a real sshd.
 
 Which TCP connection a command ran over is read from ``$SSH_CONNECTION`` on the server
 (the client's port differs per connection), so reuse and reconnection are observed the
@@ -38,7 +38,13 @@ from openbell.errors import (
     HostUnreachableError,
     SshError,
 )
-from tasks.ssh import OUTPUT_CAP_BYTES, CommandResult, FakeSshRunner, SshPool, remote_command
+from openbell.tasks.connectors.ssh import (
+    OUTPUT_CAP_BYTES,
+    CommandResult,
+    FakeSshRunner,
+    SshPool,
+    remote_command,
+)
 from tests.fixtures.services import free_port
 from tests.fixtures.sshd import Sshd
 
@@ -224,9 +230,9 @@ def test_stdin_is_empty_so_readers_do_not_hang(pool: SshPool) -> None:
 def test_logs_the_quoted_command_and_exit_status(
     pool: SshPool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tasks.ssh")
+    caplog.set_level(logging.INFO, logger="openbell.tasks.connectors.ssh")
     pool.run("lab1", ["sh", "-c", "exit 4", "$HOME"])
-    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.ssh"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "openbell.tasks.connectors.ssh"]
     assert any("sh -c 'exit 4' '$HOME'" in line and "exit 4" in line for line in lines), lines
 
 
@@ -493,7 +499,7 @@ def test_secrets_never_appear_in_errors_or_logs(
 ) -> None:
     secret = "tok-" + os.urandom(8).hex()
     secrets.register(secret)
-    caplog.set_level(logging.DEBUG, logger="tasks.ssh")
+    caplog.set_level(logging.DEBUG, logger="openbell.tasks.connectors.ssh")
     argv = ["sh", "-c", 'echo $$ > "$1"; echo "$2" >&2; exec sleep 30', "sh"]
     with pytest.raises(CommandTimeoutError) as timed_out:
         pool.run("lab1", [*argv, str(strays / "sleeper"), secret], timeout=1.0)

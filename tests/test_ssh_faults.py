@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.runner import run_runbook
-from lab.effects import EffectsLog
-from lab.faults import FaultBook
-from lab.paths import LabPaths
+from openbell.deployments.runner import run_runbook
+from openbell.lab.effects import EffectsLog
+from openbell.lab.faults import FaultBook
+from openbell.lab.paths import LabPaths
 from openbell.outcome import Outcome, Status
 from openbell.run import RunRecord
+from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.loader import load_estate
-from runbooks.schema import Estate
 from tests.fixtures.killer import closed_days
 from tests.fixtures.tcpproxy import FaultProxy
 from tests.test_end_of_day import eod_day

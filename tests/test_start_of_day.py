@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from deployments.runner import run_runbook
-from lab.faults import FaultBook
+from openbell.deployments.runner import run_runbook
+from openbell.lab.faults import FaultBook
 from openbell.outcome import Outcome, Status
 from openbell.run import RunRecord
+from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
-from runbooks.schema import Estate
-from tasks import calendar
-from tasks.ssh import SshPool
+from openbell.tasks.connectors import calendar
+from openbell.tasks.connectors.ssh import SshPool
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +172,7 @@ def test_every_lab_fault_fails_its_step_naming_target_and_cause(  # type: ignore
     status: Status,
     words: list[str],
 ) -> None:
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     path, estate, book = lab
     target = _first(estate, "gw" if kind == "host_blackhole" else target_kind)
@@ -204,7 +204,7 @@ def test_every_lab_fault_fails_its_step_naming_target_and_cause(  # type: ignore
 
 
 def test_dependents_of_an_app_that_did_not_start_are_skipped(lab) -> None:  # type: ignore[no-untyped-def]
-    from lab import supervisor
+    from openbell.lab import supervisor
 
     path, estate, book = lab
     tiers = estate.app_tiers("emea")

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from openbell.outcome import Status
-from runbooks.loader import load_estate
-from tasks.apps import apps_not_up, ensure_apps_running
-from tasks.context import RunContext
-from tasks.feeds import judge_feed
-from tasks.hosts import check_clock, parse_chronyc, parse_df
-from tasks.ssh import CommandResult, FakeSshRunner
+from openbell.runbooks.loader import load_estate
+from openbell.tasks.apps import apps_not_up, ensure_apps_running
+from openbell.tasks.connectors.ssh import CommandResult, FakeSshRunner
+from openbell.tasks.context import RunContext
+from openbell.tasks.feeds import judge_feed
+from openbell.tasks.hosts import check_clock, parse_chronyc, parse_df
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 

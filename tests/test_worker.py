@@ -17,11 +17,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.deploy import create_planned_run, prefect_client, read_openbell_deployments
-from deployments.schedules import PlannedRun, planned_run, sessions_between
-from deployments.worker import worker_command
-from runbooks.loader import load_estate
+from openbell.deployments.cli import app
+from openbell.deployments.deploy import (
+    create_planned_run,
+    prefect_client,
+    read_openbell_deployments,
+)
+from openbell.deployments.schedules import PlannedRun, planned_run, sessions_between
+from openbell.deployments.worker import worker_command
+from openbell.runbooks.loader import load_estate
 from tests.fixtures.prefect import LAB, Deployed, Worker
 
 LATE = 120  # seconds a fired run may take to finish on a busy two-core machine
@@ -41,7 +45,9 @@ def test_worker_command_is_prefect_on_the_region_pool_with_the_estate() -> None:
 
 def test_worker_print_shows_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    monkeypatch.setattr("deployments.prefect_server.healthy", lambda url, timeout=2.0: True)
+    monkeypatch.setattr(
+        "openbell.deployments.prefect_server.healthy", lambda url, timeout=2.0: True
+    )
     result = CliRunner().invoke(app, ["worker", "--region", "emea", "--print"])
     assert result.exit_code == 0, result.output
     assert "prefect worker start --pool emea --type process --name openbell-emea-" in result.stdout

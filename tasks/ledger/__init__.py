@@ -30,7 +30,7 @@ rewritten, not who may append.
 
 Usage::
 
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
     with Ledger() as ledger:                      # OPENBELL_LEDGER_URL or OPENBELL_HOME/ledger.db
         run_id = ledger.start_run_from_record(record, parameters=params)
@@ -42,8 +42,8 @@ Usage::
 
 from __future__ import annotations
 
-from tasks.ledger.bundle import verify_bundle
-from tasks.ledger.chain import (
+from openbell.tasks.ledger.bundle import verify_bundle
+from openbell.tasks.ledger.chain import (
     GENESIS,
     Problem,
     VerifyResult,
@@ -51,9 +51,9 @@ from tasks.ledger.chain import (
     entry_hash,
     format_ts,
 )
-from tasks.ledger.errors import LedgerError, RunLockedError
-from tasks.ledger.runs import CompletionKey
-from tasks.ledger.store import Entry, Ledger, NewEntry, ledger_url
+from openbell.tasks.ledger.errors import LedgerError, RunLockedError
+from openbell.tasks.ledger.runs import CompletionKey
+from openbell.tasks.ledger.store import Entry, Ledger, NewEntry, ledger_url
 
 __all__ = [
     "GENESIS",

@@ -28,14 +28,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.ledger.chain import (
+from openbell.tasks.ledger.chain import (
     GENESIS,
     RawEntry,
     VerifyResult,
     canonical_json,
     walk,
 )
-from tasks.ledger.errors import LedgerError
+from openbell.tasks.ledger.errors import LedgerError
 
 FORMAT = "openbell-ledger-bundle/1"
 

@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 
 from openbell.outcome import Outcome
 from openbell.run import RunRecord, StepResult
-from tasks.ledger.chain import canonical_json, parse_ts
-from tasks.ledger.errors import LedgerError
+from openbell.tasks.ledger.chain import canonical_json, parse_ts
+from openbell.tasks.ledger.errors import LedgerError
 
 
 class CompletionKey(NamedTuple):

@@ -44,10 +44,9 @@ from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
 from openbell.secrets import redact, register
 from openbell.settings import get_settings
-from runbooks.migrations import SCRIPT_LOCATION
-from tasks.ledger import runs
-from tasks.ledger.bundle import write_bundle
-from tasks.ledger.chain import (
+from openbell.tasks.ledger import runs
+from openbell.tasks.ledger.bundle import write_bundle
+from openbell.tasks.ledger.chain import (
     GENESIS,
     RawEntry,
     VerifyResult,
@@ -59,8 +58,9 @@ from tasks.ledger.chain import (
     to_json_value,
     walk,
 )
-from tasks.ledger.errors import LedgerError, RunLockedError
-from tasks.ledger.models import entries as T
+from openbell.tasks.ledger.errors import LedgerError, RunLockedError
+from openbell.tasks.ledger.migrations import SCRIPT_LOCATION
+from openbell.tasks.ledger.models import entries as T
 
 log = logging.getLogger(__name__)
 

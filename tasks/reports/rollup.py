@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from openbell.run import RunRecord
 from openbell.secrets import redact
 from openbell.settings import get_settings
-from tasks.report import (
+from openbell.tasks.reports.report import (
     EMOJI,
     FORMATS,
     deviations,
@@ -39,7 +39,7 @@ from tasks.report import (
 )
 
 if TYPE_CHECKING:
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
 
 def rollup_paths(region: str, trade_date: date, reports_dir: Path) -> dict[str, Path]:

@@ -42,8 +42,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
 
 from openbell.errors import ApprovalRuleError, UnknownNameError
-from runbooks.entitlements import RUNBOOKS, Entitlements, identity_index
-from runbooks.schema import Estate, Model
+from openbell.runbooks.entitlements import RUNBOOKS, Entitlements, identity_index
+from openbell.runbooks.schema import Estate, Model
 
 #: How long a request stays open unless the caller says otherwise.
 DEFAULT_TTL = timedelta(minutes=60)

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from openbell.outcome import Status
 from openbell.run import ApprovalRecord, RunRecord
@@ -46,9 +46,8 @@ from openbell.secrets import redact
 from openbell.settings import get_settings
 
 if TYPE_CHECKING:
-    from tasks.ledger import Ledger
+    from openbell.tasks.ledger import Ledger
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "runbooks" / "templates"
 EMOJI = {"ok": "✅", "changed": "🔧", "skipped": "⏭️", "failed": "❌", "unknown": "❓"}
 #: Status colours, shared by the badges (CSS) and the Gantt bars (SVG).
 COLOURS = {
@@ -70,7 +69,7 @@ VERDICT_COLOURS = {
 FORMATS = ("html", "md", "json")
 
 _OPTIONS: dict[str, Any] = {
-    "loader": FileSystemLoader(TEMPLATES),
+    "loader": PackageLoader("openbell.tasks.reports", "templates"),
     "undefined": StrictUndefined,
     "trim_blocks": True,
     "lstrip_blocks": True,
@@ -541,7 +540,7 @@ def write_run_report(
         ...     write_run_report(ledger, run_id)["html"]
         PosixPath('/home/ops/.openbell/reports/sod-emea-2026-11-24-4f1c2d3e.html')
     """
-    from tasks.ledger.runs import file_facts
+    from openbell.tasks.ledger.runs import file_facts
 
     record = ledger.load_run(run_id)
     paths = write_reports(record, reports_dir or get_settings().reports_dir)
@@ -558,7 +557,7 @@ def write_run_report(
 
 def run_notice(record: RunRecord, ledger_head: str | None = None) -> Any:
     """The Slack summary of a run (one message, threaded detail for problems)."""
-    from tasks.notify import RunNotice, StepNotice, TargetNotice
+    from openbell.tasks.connectors.notify import RunNotice, StepNotice, TargetNotice
 
     steps = [
         StepNotice(

@@ -65,8 +65,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from openbell.errors import ReadOnlyViolationError, SqlError, SqlTimeoutError
+from openbell.runbooks.schema import SqlCheck
 from openbell.secrets import redact, register
-from runbooks.schema import SqlCheck
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,7 @@ def run_check(runner: SqlRunner, check: SqlCheck, params: Mapping[str, Any]) -> 
         ReadOnlyViolationError, SqlTimeoutError, SqlError: as ``SqlRunner.scalar``.
 
     Example:
-        >>> from runbooks.schema import Expectation
+        >>> from openbell.runbooks.schema import Expectation
         >>> check = SqlCheck(name="one", step="batch", sql="SELECT 1", expect=Expectation(max=0))
         >>> run_check(SqlRunner("db", "sqlite://", timeout_s=1), check, {}).passed
         False

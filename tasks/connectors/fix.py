@@ -76,8 +76,8 @@ from openbell.errors import (
     FixSequenceTooLowError,
     FixTimeoutError,
 )
+from openbell.runbooks.schema import FixSession
 from openbell.settings import get_settings
-from runbooks.schema import FixSession
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import MetaData
 
-from runbooks.migrations import VERSION_TABLE
+from openbell.tasks.ledger.migrations import VERSION_TABLE
 
 config = context.config
 
@@ -19,7 +19,7 @@ config = context.config
 def _target_metadata() -> MetaData:
     # Only autogenerate needs the models; imported late so that migrating never depends
     # on the current models (a revision is frozen history).
-    from tasks.ledger.models import Base
+    from openbell.tasks.ledger.models import Base
 
     return Base.metadata
 

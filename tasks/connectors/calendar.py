@@ -36,7 +36,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from exchange_calendars import ExchangeCalendar
 
-    from runbooks.schema import Region
+    from openbell.runbooks.schema import Region
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def region_day(region: Region, day: date) -> RegionDay:
     """Every calendar of ``region`` on ``day``; the primary (first) decides the trade date.
 
     Example:
-        >>> from runbooks.schema import Region
+        >>> from openbell.runbooks.schema import Region
         >>> emea = Region(timezone="Europe/London", calendars=["XLON", "XETR"],
         ...               slack_channel="#emea", approver_group="g", work_pool="emea")
         >>> rd = region_day(emea, date(2026, 12, 28))

@@ -44,19 +44,19 @@ from pydantic import Field
 
 from openbell.errors import OpenbellError
 from openbell.outcome import utcnow
+from openbell.runbooks.entitlements import Entitlements, entitlements_for
+from openbell.runbooks.loader import estate_version
+from openbell.runbooks.schema import ApprovalPolicy, Estate
 from openbell.secrets import redact
-from runbooks.entitlements import Entitlements, entitlements_for
-from runbooks.loader import estate_version
-from runbooks.schema import ApprovalPolicy, Estate
-from tasks.approvals import (
+from openbell.tasks.approvals.rules import (
     ApprovalDecision,
     ApprovalRequest,
     ApprovalVerdict,
     binding_hash,
     check_approvals,
 )
-from tasks.context import RunContext, in_thread
-from tasks.notify import Delivery
+from openbell.tasks.connectors.notify import Delivery
+from openbell.tasks.context import RunContext, in_thread
 
 log = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ from openbell.errors import (
     HostUnreachableError,
     SshError,
 )
+from openbell.runbooks.schema import Estate, Host
 from openbell.secrets import redact
-from runbooks.schema import Estate, Host
 
 __all__ = [
     "OUTPUT_CAP_BYTES",

@@ -72,7 +72,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     from importlib import import_module
 
-    first = import_module("runbooks.migrations.versions.0001_entries")
+    first = import_module("openbell.tasks.ledger.migrations.versions.0001_entries")
     dialect = op.get_bind().dialect.name
     op.execute("DROP VIEW IF EXISTS ledger_approvals")
     op.execute(f"CREATE VIEW ledger_approvals AS {first._view_sql(dialect, 'ledger_approvals')}")

@@ -1,0 +1,1 @@
+"""Four eyes: the approval rules (``rules``) and the gate that pauses a run for them (``gate``)."""
