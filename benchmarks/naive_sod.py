@@ -7,7 +7,7 @@ self-contained: it opens its own SSH connection (a fresh ``SshPool`` used for on
 host) or its own HTTP client, and closes it when it returns.
 
 Everything else is the real flow's, so the difference in wall time is the cost of the
-structure alone: the same calendar gate and sign-off tasks (``open_run``,
+structure alone: the same calendar gate and sign-off tasks (the engine's ``open_run``,
 ``finish_run``), the same checks and judgements, app tiers one after another (a tier
 is submitted, then waited for) while the host, FIX, feed, SQL and alert-path checks run
 alongside. Each task gets only the slice of the estate it needs, so Prefect does not
@@ -24,18 +24,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from openbell import secrets
-from openbell.flows.common import RunParams, finish_run, open_run, run_namer
-from openbell.flows.plan import SQL_STEPS
+from openbell import catalog, secrets
+from openbell.flows import engine
+from openbell.flows.runbook import RunParams
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.run import RunRecord, StepResult
 from openbell.runbooks.schema import App, Database, Estate, Feed, FixSession, SqlCheck
 from openbell.tasks.alerts import check_alert_path
-from openbell.tasks.apps import apps_not_up, health_url
+from openbell.tasks.apps import health_url
 from openbell.tasks.connectors import fix, sql
 from openbell.tasks.connectors.ssh import SshPool
-from openbell.tasks.context import outcome_from_error
-from openbell.tasks.database import STEP_TITLES, check_params
+from openbell.tasks.context import StepRun, outcome_from_error
+from openbell.tasks.database import check_database, check_params
 from openbell.tasks.feeds import judge_feed
 from openbell.tasks.hosts import (
     disk_argv,
@@ -46,15 +46,9 @@ from openbell.tasks.hosts import (
     rotation_cutoff,
 )
 
-TITLES = {
-    "disk": "Disk use under threshold",
-    "clock": "Clock sync (RTS 25)",
-    "fix_store": "FIX store writable",
-    "logs": "Yesterday's logs rotated",
-    "fix": "FIX sessions logged on",
-    "feeds": "Market-data feeds fresh",
-    **STEP_TITLES,
-}
+SOD = catalog.get("sod")
+TITLES = {s.name: s.title for s in SOD.steps}
+SQL_STEPS = [s.name for s in SOD.steps if s.run is check_database]
 
 
 def one_host(estate: Estate, host: str) -> Estate:
@@ -238,24 +232,29 @@ _RUNNER: Any = ThreadPoolTaskRunner(max_workers=NAIVE_THREADS)
 
 @flow(
     name="start-of-day-naive",
-    flow_run_name=run_namer("sod-naive"),
+    flow_run_name=engine.run_namer("sod-naive"),
     log_prints=False,
     task_runner=_RUNNER,
 )
 async def naive_start_of_day(params: RunParams) -> RunRecord:
     """The start-of-day checklist with one task run per probe (benchmark baseline)."""
-    ctx, record = await open_run("sod", params)
+    ctx, record = await engine._open_task()(SOD, params)
     if record.skipped_reason or params.dry_run:
-        return await finish_run(ctx, record, [])
+        return cast(RunRecord, await engine._finish_task()(ctx, record, []))
     estate, region = ctx.estate, ctx.region
     started = utcnow()
     cutoff = rotation_cutoff(estate.region(region).timezone, ctx.trade_date)
     side = _submit_side_checks(estate, region, check_params(ctx), cutoff)
-    alert = check_alert_path.submit(ctx)
+    alert_path = SOD.step("alert_path")
+    alert_call = StepRun(name=alert_path.name, title=alert_path.title)
+    alert = task(name="check_alert_path", cache_policy=NO_CACHE)(check_alert_path).submit(
+        ctx, alert_call
+    )
 
     steps: list[StepResult] = []
+    tiers: list[StepResult] = []
     not_up: set[str] = set()
-    for tier, apps in enumerate(estate.app_tiers(region)):
+    for apps in estate.app_tiers(region):
         tier_started = utcnow()
         skipped: list[Outcome] = []
         submitted: Submitted = []
@@ -279,12 +278,27 @@ async def naive_start_of_day(params: RunParams) -> RunRecord:
                     )
                     submitted.append((f"{name}@{host}", future))
         result = _collect("apps", submitted, tier_started, skipped)
-        result = result.model_copy(
-            update={"name": f"apps_tier{tier}", "title": f"Apps running, tier {tier}"}
+        not_up |= {o.target.split("@")[0] for o in result.outcomes if not o.status.passed}
+        not_up |= {o.target.split("@")[0] for o in result.outcomes if o.status == Status.SKIPPED}
+        tiers.append(result)
+    steps.append(
+        StepResult(
+            name="apps",
+            title=TITLES["apps"],
+            outcomes=[o for t in tiers for o in t.outcomes],
+            started_at=started,
+            finished_at=utcnow(),
         )
-        not_up |= apps_not_up(result)
-        steps.append(result)
+    )
 
     steps += [_collect(step, submitted, started, []) for step, submitted in side.items()]
-    steps.append(cast(StepResult, alert.result()))
-    return await finish_run(ctx, record, steps)
+    steps.append(
+        StepResult(
+            name=alert_path.name,
+            title=alert_path.title,
+            outcomes=alert.result(),
+            started_at=started,
+            finished_at=utcnow(),
+        )
+    )
+    return cast(RunRecord, await engine._finish_task()(ctx, record, steps))

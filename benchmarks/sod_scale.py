@@ -345,7 +345,7 @@ def probe_counts(record: Any) -> dict[str, int]:
             if step.name in ("disk", "clock", "fix_store", "logs"):
                 n["ssh_command"] += 1
                 hosts.add(o.target.split(":", 1)[0])
-            elif step.name.startswith("apps_tier") and o.status != Status.SKIPPED:
+            elif step.name == "apps" and o.status != Status.SKIPPED:
                 n["ssh_command"] += 2 if o.status == Status.CHANGED else 1  # status (+ start)
                 n["http_get"] += 1
                 hosts.add(o.target.split("@", 1)[1])
@@ -377,7 +377,7 @@ class Runner:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         from benchmarks.naive_sod import naive_start_of_day
-        from openbell.flows.common import RunParams
+        from openbell.flows.runbook import RunParams
 
         runner: Any = ThreadPoolTaskRunner(threads)  # Prefect's TaskRunner generic is invariant
         flow = naive_start_of_day.with_options(task_runner=runner)
@@ -457,18 +457,26 @@ def critical_path(lab: Lab) -> tuple[int, list[tuple[str, int]]]:
     """(rounds, chain) of the longest chain of sequential latency rounds in the plan.
 
     Within a step, a target's actions run one after another and targets run in
-    parallel, so a step costs the most rounds any one target needs; a step starts
-    when the steps it comes ``after`` are done.
+    parallel, so a step costs the most rounds any one target needs (the apps step goes
+    tier after tier: the sum over its tiers); a step starts when the steps it comes
+    ``after`` are done.
     """
-    from openbell.flows.plan import build_sod_plan
+    from openbell import catalog
+    from openbell.flows.plan import build_plan
 
-    plan = build_sod_plan(lab.estate, REGION, lab.trade_date())
+    plan = build_plan(catalog.get("sod"), lab.estate, REGION, lab.trade_date())
+    tier_of = {a: i for i, t in enumerate(lab.estate.app_tiers(REGION)) for a in t}
     cost: dict[str, int] = {}
     for step in plan.steps:
-        per_target: dict[str, int] = {}
+        per_target: dict[tuple[int, str], int] = {}
         for a in step.actions:
-            per_target[a.target] = per_target.get(a.target, 0) + action_rounds(step.name, a.action)
-        cost[step.name] = max(per_target.values(), default=0)
+            tier = tier_of.get(a.target.split("@", 1)[0], 0) if step.name == "apps" else 0
+            key = (tier, a.target)
+            per_target[key] = per_target.get(key, 0) + action_rounds(step.name, a.action)
+        by_tier: dict[int, int] = {}
+        for (tier, _), rounds in per_target.items():
+            by_tier[tier] = max(by_tier.get(tier, 0), rounds)
+        cost[step.name] = sum(by_tier.values())
     best: dict[str, tuple[int, list[tuple[str, int]]]] = {}
     for step in plan.steps:  # the plan lists every step after the steps it depends on
         prev = max((best[a] for a in step.after), key=lambda b: b[0], default=(0, []))
@@ -502,7 +510,7 @@ def calibrate(lab: Lab, n_hosts: int) -> Calibration:
     region's database. Concurrency is similar to a run (16 threads, gathered coroutines),
     and ``time.process_time`` counts every thread of this process.
     """
-    from openbell.flows.plan import SQL_STEPS
+    from benchmarks.naive_sod import SQL_STEPS
     from openbell.runbooks.schema import SqlCheck
     from openbell.tasks.apps import health_url
     from openbell.tasks.connectors import fix, sql

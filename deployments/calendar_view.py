@@ -11,7 +11,6 @@ from rich.text import Text
 from openbell.deployments.catchup import CatchUp
 from openbell.deployments.deploy import DeployReport
 from openbell.deployments.doctor import Check
-from openbell.deployments.registry import RUNBOOKS
 from openbell.deployments.schedules import CalendarDay
 from openbell.runbooks.schema import Estate
 
@@ -30,10 +29,7 @@ def calendar_table(estate: Estate, region: str, days: list[CalendarDay]) -> Rend
         f" (+ {', '.join(reg.calendars[1:])})" if len(reg.calendars) > 1 else ""
     )
     rules = {r.runbook: r.rule for d in days for r in d.runs}
-    described = ", ".join(
-        f"{rb} at {rule}" + ("" if rb in RUNBOOKS else " (no flow registered yet: not deployed)")
-        for rb, rule in rules.items()
-    )
+    described = ", ".join(f"{rb} at {rule}" for rb, rule in rules.items())
     lines: list[RenderableType] = [
         Text(
             f"{region}: {venues}, {days[0].primary.timezone}; {described or 'no schedules'}",

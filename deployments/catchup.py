@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from openbell import catalog
 from openbell.deployments.deploy import (
     CATCHUP_TAG,
     create_planned_run,
@@ -27,8 +28,7 @@ from openbell.deployments.deploy import (
     read_runs_by_key,
     scheduled_at,
 )
-from openbell.deployments.registry import RUNBOOKS, get_runbook
-from openbell.deployments.schedules import PlannedRun, planned_run, runs_between, scheduled_runbooks
+from openbell.deployments.schedules import PlannedRun, planned_run, runs_between
 from openbell.errors import OpenbellError
 from openbell.runbooks.schema import Estate
 
@@ -153,9 +153,8 @@ async def run_statuses(
     grace: timedelta = DEFAULT_GRACE,
     regions: list[str] | None = None,
 ) -> list[RunStatus]:
-    """Every scheduled run of a registered runbook due in ``[start, end)``, with its fate."""
-    runbooks = [rb for rb in scheduled_runbooks(estate) if rb in RUNBOOKS]
-    planned = runs_between(estate, start, end, regions=regions, runbooks=runbooks)
+    """Every scheduled run due in ``[start, end)``, with its fate."""
+    planned = runs_between(estate, start, end, regions=regions)
     runs = await read_runs_by_key(client, [p.idempotency_key for p in planned])
     return [classify(p, runs.get(p.idempotency_key), now=now, grace=grace) for p in planned]
 
@@ -189,7 +188,7 @@ async def catch_up(
     Raises:
         CatchUpError: not a session, no schedule, not due yet, or not deployed.
     """
-    rb = get_runbook(runbook)
+    rb = catalog.get(runbook)
     region = region.lower()
     pool = estate.region(region).work_pool
     try:

@@ -20,12 +20,15 @@ import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
-from openbell.errors import OpenbellError
+if TYPE_CHECKING:
+    from openbell.flows.runbook import Runbook
+
+from openbell.errors import OpenbellError, UnknownNameError
 from openbell.secrets import redact
 from openbell.settings import get_settings
 
@@ -50,7 +53,6 @@ R = TypeVar("R")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-from openbell.deployments.registry import RUNBOOKS  # noqa: E402  (after the logging defaults above)
 
 Region = Annotated[str, typer.Option("--region", "-r", help="region name, e.g. emea")]
 DateOpt = Annotated[
@@ -62,7 +64,7 @@ EstateOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 FromStep = Annotated[
     str | None,
-    typer.Option("--from-step", help="re-do this step and the ones after it (end of day)"),
+    typer.Option("--from-step", help="re-do this step and the ones after it"),
 ]
 AsOpt = Annotated[
     str | None,
@@ -121,13 +123,16 @@ def parse_date(text: str | None) -> date | None:
         ) from None
 
 
-def check_runbook(runbook: str) -> str:
-    key = runbook.lower()
-    if key not in RUNBOOKS:
+def check_runbook(runbook: str) -> Runbook:
+    """The declared runbook ``runbook`` (any case), or a usage error listing them."""
+    from openbell import catalog
+
+    try:
+        return catalog.get(runbook)
+    except UnknownNameError:
         raise CliError(
-            f"unknown runbook {runbook!r}; valid runbooks: {', '.join(sorted(RUNBOOKS))}"
-        )
-    return key
+            f"unknown runbook {runbook!r}; valid runbooks: {', '.join(catalog.names())}"
+        ) from None
 
 
 def whoami(given: str | None) -> str:
@@ -175,7 +180,7 @@ def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = 
 
 @command(app)
 def plan(
-    runbook: Annotated[str, typer.Argument(help="sod or eod")],
+    runbook: Annotated[str, typer.Argument(help="a runbook: sod, eod, ...")],
     region: Region,
     day: DateOpt = None,
     estate_path: EstateOpt = None,
@@ -185,17 +190,19 @@ def plan(
 ) -> None:
     """Print what a run would do, touching nothing (and what a re-run would skip)."""
     from openbell.deployments.display import plan_renderable
-    from openbell.flows.common import today_in
-    from openbell.flows.plan import PLANNERS, annotate_rerun
+    from openbell.flows.engine import today_in
+    from openbell.flows.plan import annotate_rerun, build_plan
     from openbell.runbooks.loader import load_estate
     from openbell.tasks.ledger import Ledger
 
-    key = check_runbook(runbook)
+    rb = check_runbook(runbook)
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
-    require_entitled(estate, whoami(who), "plan", runbook.lower(), region)
-    the_plan = PLANNERS[key](estate, region.lower(), trade_date or today_in(estate, region.lower()))
+    require_entitled(estate, whoami(who), "plan", rb.key, region)
+    the_plan = build_plan(
+        rb, estate, region.lower(), trade_date or today_in(estate, region.lower())
+    )
     with Ledger() as ledger:
         the_plan = annotate_rerun(the_plan, ledger, from_step)
     if as_json:
@@ -206,7 +213,7 @@ def plan(
 
 @command(app)
 def run(
-    runbook: Annotated[str, typer.Argument(help="sod or eod")],
+    runbook: Annotated[str, typer.Argument(help="a runbook: sod, eod, ...")],
     region: Region,
     day: DateOpt = None,
     estate_path: EstateOpt = None,
@@ -219,22 +226,18 @@ def run(
 ) -> None:
     """Run a runbook as a Prefect flow; exit 0 only when every check passed."""
     from openbell.deployments import runner
+    from openbell.flows.plan import redo_steps
     from openbell.runbooks.loader import load_estate
 
-    check_runbook(runbook)
+    rb = check_runbook(runbook)
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
     operator = whoami(who)
-    require_entitled(estate, operator, "run", runbook.lower(), region)
-    if from_step:  # a typo fails now, not after the Prefect server started
-        from openbell.flows.common import today_in
-        from openbell.flows.plan import PLANNERS, redo_steps
-
-        day_ = trade_date or today_in(estate, region.lower())
-        redo_steps(PLANNERS[runbook.lower()](estate, region.lower(), day_), from_step)
+    require_entitled(estate, operator, "run", rb.key, region)
+    redo_steps(rb, from_step)  # a typo fails now, not after the Prefect server started
     record = runner.run_runbook(
-        runbook,
+        rb.key,
         region,
         trade_date,
         estate=estate_path,
@@ -390,13 +393,14 @@ def approvals(as_json: JsonOpt = False) -> None:
 # ---- the ledger ----------------------------------------------------------------------------
 def _require_audit(who: str | None, everywhere: bool, estate_path: Path | None) -> None:
     """``audit`` rights: somewhere to verify, everywhere to export (the content itself)."""
-    from openbell.runbooks.entitlements import RUNBOOKS, entitlements_for
+    from openbell import catalog
+    from openbell.runbooks.entitlements import entitlements_for
     from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
     ents = entitlements_for(estate)
     me = whoami(who)
-    cells = [(rb, r) for rb in RUNBOOKS for r in estate.regions]
+    cells = [(rb, r) for rb in catalog.names() for r in estate.regions]
     allowed = [ents.decide(me, "audit", rb, r).allowed for rb, r in cells]
     if all(allowed) or (any(allowed) and not everywhere):
         return
@@ -620,7 +624,7 @@ def calendar_cmd(
     """Sessions, half days, holidays and each runbook's exact run times (local and UTC)."""
     from openbell.deployments.calendar_view import calendar_table
     from openbell.deployments.schedules import calendar_days
-    from openbell.flows.common import today_in
+    from openbell.flows.engine import today_in
     from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
@@ -751,10 +755,10 @@ def catchup(
     from openbell.deployments.calendar_view import catchup_line
     from openbell.deployments.deploy import prefect_client, run_sync
     from openbell.deployments.prefect_server import ensure_server
-    from openbell.flows.common import today_in
+    from openbell.flows.engine import today_in
     from openbell.runbooks.loader import load_estate
 
-    key = check_runbook(runbook)
+    key = check_runbook(runbook).key
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)

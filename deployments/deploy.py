@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from openbell.deployments.registry import RUNBOOKS, Runbook
-from openbell.deployments.schedules import PlannedRun, runs_between, scheduled_runbooks
+from openbell import catalog
+from openbell.deployments.schedules import PlannedRun, runs_between
 from openbell.errors import OpenbellError
 from openbell.runbooks.schema import Estate
 from openbell.settings import REPO_ROOT
@@ -195,12 +195,14 @@ def deployment_specs(
     from prefect.utilities.callables import parameter_schema
 
     specs: list[DeploymentSpec] = []
-    schemas = {key: parameter_schema(rb.load_flow()) for key, rb in RUNBOOKS.items()}
-    flows = {key: rb.load_flow() for key, rb in RUNBOOKS.items()}
-    keeper = Runbook("keeper", "schedule keeper", KEEPER_FLOW).load_flow()
+    from prefect.utilities.importtools import import_object
+
+    runbooks = catalog.runbooks()
+    schemas = {key: parameter_schema(rb.flow) for key, rb in runbooks.items()}
+    keeper = import_object(KEEPER_FLOW)
     keeper_schema = parameter_schema(keeper)
     for region_name, region in sorted(estate.regions.items()):
-        for key, rb in RUNBOOKS.items():
+        for key, rb in runbooks.items():
             schedule = estate.policy(key).schedule
             when = "when started (no schedule in the estate)"
             if schedule:
@@ -211,7 +213,7 @@ def deployment_specs(
                     name=rb.deployment_name(region_name),
                     region=region_name,
                     runbook=key,
-                    flow_name=flows[key].name,
+                    flow_name=rb.flow.name,
                     entrypoint=rb.entrypoint,
                     work_pool=region.work_pool,
                     parameters={"params": {"region": region_name}},
@@ -442,7 +444,8 @@ async def ensure_deployments(
                 "deployment",
                 name,
                 "stale",
-                "not in the estate or the registry; left in place (prefect deployment delete)",
+                "not in the estate or the catalog of runbooks; left in place "
+                "(prefect deployment delete)",
             )
         )
     return changes
@@ -530,7 +533,7 @@ async def sync_runs(
     changes: list[Change] = []
     existing = await read_runs_by_key(client, [p.idempotency_key for p in planned])
     for run in planned:
-        dep = deployments.get(RUNBOOKS[run.runbook].deployment_name(run.region))
+        dep = deployments.get(catalog.get(run.runbook).deployment_name(run.region))
         if dep is None:
             changes.append(Change("run", run.name, "skipped", "no deployment; run openbell deploy"))
             continue
@@ -644,19 +647,7 @@ async def top_up(
     """Create the runs of the next ``horizon_days`` for ``regions`` (and tidy the window)."""
     end = now + timedelta(days=horizon_days)
     changes: list[Change] = []
-    scheduled = [rb for rb in scheduled_runbooks(estate) if rb in RUNBOOKS]
-    for rb in scheduled_runbooks(estate):
-        if rb not in RUNBOOKS:
-            changes.append(
-                Change(
-                    "schedule",
-                    rb,
-                    "skipped",
-                    f"runbooks.{rb}.schedule is set but no flow is registered for {rb!r} yet "
-                    f"(registered: {', '.join(RUNBOOKS)}; deployments/registry.py)",
-                )
-            )
-    planned = runs_between(estate, now, end, regions=regions, runbooks=scheduled)
+    planned = runs_between(estate, now, end, regions=regions)
     deployments = await read_openbell_deployments(client)
     changes += await sync_runs(
         client, deployments, planned, start=now, end=end, regions=regions, dry_run=dry_run
@@ -685,7 +676,7 @@ async def runbook_slot(
 
     async with prefect_client(api_url) as client:
         deployments = await read_openbell_deployments(client)
-    dep = deployments.get(RUNBOOKS[runbook].deployment_name(region))
+    dep = deployments.get(catalog.get(runbook).deployment_name(region))
     limit = dep.global_concurrency_limit if dep else None
     if dep is None or limit is None:
         yield None

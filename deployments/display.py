@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from openbell.flows.plan import Plan
+from openbell.plan import Plan
 from openbell.run import RunRecord, StepResult
 
 STYLE = {
@@ -51,7 +51,9 @@ def plan_renderable(plan: Plan) -> Group:
 
 
 def _runbook_name(runbook: str) -> str:
-    return {"sod": "start of day", "eod": "end of day"}.get(runbook, runbook)
+    from openbell import catalog
+
+    return catalog.title(runbook)
 
 
 def summary_table(record: RunRecord) -> Table:

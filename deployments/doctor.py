@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from openbell import catalog
 from openbell.deployments.catchup import DEFAULT_GRACE, run_statuses, workers_online
 from openbell.deployments.deploy import (
     DEFAULT_HORIZON_DAYS,
@@ -32,7 +33,6 @@ from openbell.deployments.deploy import (
     prefect_client,
     read_openbell_deployments,
 )
-from openbell.deployments.registry import RUNBOOKS
 from openbell.deployments.schedules import (
     dst_changes,
     runs_between,
@@ -243,7 +243,9 @@ async def _due_checks(
     statuses = [
         s
         for s in statuses
-        if (dep := deployments.get(RUNBOOKS[s.planned.runbook].deployment_name(s.planned.region)))
+        if (
+            dep := deployments.get(catalog.get(s.planned.runbook).deployment_name(s.planned.region))
+        )
         and (dep.created is None or dep.created <= s.planned.run_utc)
     ]
     checks: list[Check] = []

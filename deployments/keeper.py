@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from prefect import get_run_logger
 
 from openbell.deployments.deploy import DEFAULT_HORIZON_DAYS, prefect_client, top_up
-from openbell.flows.common import openbell_flow
+from openbell.flows.engine import openbell_flow
 from openbell.runbooks.loader import load_estate
 
 

@@ -54,17 +54,17 @@ def run_runbook(
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from openbell import catalog
     from openbell.deployments.deploy import runbook_slot
     from openbell.deployments.prefect_server import ensure_server
-    from openbell.deployments.registry import get_runbook
-    from openbell.flows import common
-    from openbell.flows.common import RunParams, today_in
+    from openbell.flows import engine
 
+    declared = catalog.get(runbook)
     loaded = load_estate(estate)
     loaded.region(region)
     # Resolved here so that the Prefect run is named for its date, not "today".
-    trade_date = trade_date or today_in(loaded, region.lower())
-    params = RunParams(
+    trade_date = trade_date or engine.today_in(loaded, region.lower())
+    params = declared.params(
         region=region.lower(),
         trade_date=trade_date,
         dry_run=dry_run,
@@ -72,7 +72,7 @@ def run_runbook(
         operator=operator,
         from_step=from_step,
     )
-    flow = get_runbook(runbook).load_flow()
+    flow = declared.flow
     api_url = ensure_server()
     progress: Any = None
     if console is not None:
@@ -82,12 +82,12 @@ def run_runbook(
 
     async def guarded() -> Any:
         # The deployment's concurrency slot: never side by side with a scheduled run.
-        async with runbook_slot(api_url, runbook, region.lower()):
+        async with runbook_slot(api_url, declared.key, region.lower()):
             running: Any = flow(params, return_state=True)  # an async flow: a coroutine
             return await running
 
     with temporary_settings({PREFECT_API_URL: api_url}):
-        common.progress_listener = progress
+        engine.progress_listener = progress
         try:
             if progress:
                 with progress:
@@ -95,7 +95,7 @@ def run_runbook(
             else:
                 state = _run(guarded())
         finally:
-            common.progress_listener = None
+            engine.progress_listener = None
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunRecord):
         return result

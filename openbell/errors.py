@@ -29,6 +29,8 @@ Every message says which target, what was tried, and what came back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class OpenbellError(Exception):
     """Base of every error openbell raises on purpose."""
@@ -213,3 +215,33 @@ class ApprovalRuleError(OpenbellError):
         self.status = status
         self.reason = reason
         super().__init__(f"run {run_id} step {step}: {reason}")
+
+
+def format_key_path(loc: Sequence[object]) -> str:
+    """``["apps", "oms", "hosts", 0]`` -> ``apps.oms.hosts[0]``."""
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def describe_validation_error(exc: Exception) -> tuple[str, list[object]]:
+    """A pydantic ``ValidationError`` as (one message, the location of its first error).
+
+    The message says what was wrong in words a person reads (``unknown key 'x'``,
+    ``required key is missing``, the value given), and how many more errors there are.
+    """
+    errors = exc.errors()  # type: ignore[attr-defined]
+    err = errors[0]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in err and not isinstance(err["input"], dict | list):
+        msg = f"{msg} (got {err['input']!r})"
+    more = len(errors) - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return msg, loc

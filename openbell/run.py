@@ -250,8 +250,10 @@ class RunRecord(BaseModel):
 
     @property
     def title(self) -> str:
-        names = {"sod": "Start of day", "eod": "End of day"}
-        return f"{names.get(self.runbook, self.runbook)} {self.region.upper()} {self.trade_date}"
+        from openbell import catalog
+
+        name = catalog.title(self.runbook)
+        return f"{name[:1].upper()}{name[1:]} {self.region.upper()} {self.trade_date}"
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

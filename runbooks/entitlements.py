@@ -8,7 +8,7 @@ The rules live in YAML next to the estate (see ``runbooks/entitlements.yaml``)::
     rules:
       - allow: [plan, run]         # or deny: [...]; actions from ACTIONS
         who: group:emea-oncall     # a person, group:NAME, or "*" (one or a list)
-        runbooks: [sod, eod]       # from RUNBOOKS, or "*"
+        runbooks: [sod, eod]       # runbook keys (openbell.catalog), or "*"
         regions: [emea]            # the estate's regions, or "*"
         why: emea on-call runs start and end of day   # optional, shown in reasons
 
@@ -37,16 +37,18 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
+from openbell import catalog
 from openbell.errors import EstateError, NotEntitledError, UnknownNameError
-from openbell.runbooks.loader import _format_path, _line_of, _parse_path
+from openbell.errors import format_key_path as _format_path
 from openbell.runbooks.schema import Estate, Group, Model
+from openbell.runbooks.yamlio import line_of as _line_of
+from openbell.runbooks.yamlio import parse_key_path as _parse_path
+from openbell.runbooks.yamlio import read_yaml
 
 log = logging.getLogger(__name__)
 
 #: What a rule can allow or deny.
 ACTIONS: tuple[str, ...] = ("plan", "run", "approve", "cancel", "audit", "report")
-#: The runbooks a rule can name: start of day, end of day, release, certification.
-RUNBOOKS: tuple[str, ...] = ("sod", "eod", "release", "certify")
 #: Every person, runbook or region.
 ANY = "*"
 #: How a rule names a group among its subjects: ``group:emea-approvers``.
@@ -216,7 +218,7 @@ class Entitlements:
         Args:
             who: a person's key or any of their identities.
             action: one of :data:`ACTIONS`.
-            runbook: one of :data:`RUNBOOKS`.
+            runbook: a runbook key (:func:`openbell.catalog.keys`).
             region: a region of the estate (case-insensitive).
 
         Returns:
@@ -288,8 +290,8 @@ class Entitlements:
     def _check(self, action: str, runbook: str, region: str) -> str:
         if action not in ACTIONS:
             raise UnknownNameError("action", action, ACTIONS)
-        if runbook not in RUNBOOKS:
-            raise UnknownNameError("runbook", runbook, RUNBOOKS)
+        if runbook not in catalog.runbooks():
+            raise UnknownNameError("runbook", runbook, catalog.names())
         key = region.lower()
         if key not in self._estate.regions:
             raise UnknownNameError("region", region, list(self._estate.regions))
@@ -367,7 +369,8 @@ def load_entitlements(path: str | Path, estate: Estate) -> Entitlements:
     """
     file = Path(path)
     shown = str(file)
-    root, data = _read_yaml(file, shown)
+    doc = read_yaml(file)
+    root, data = doc.root, doc.data
     if not isinstance(data, dict):
         raise EstateError("expected a mapping at the top (version:, groups:, rules:)", file=shown)
     try:
@@ -440,7 +443,7 @@ def _compile(
 ) -> _Compiled:
     base = f"rules[{i}]"
     _check_names(rule.actions, ACTIONS, "action", f"{base}.{rule.effect}")
-    _check_names(rule.runbooks, RUNBOOKS, "runbook", f"{base}.runbooks")
+    _check_names(rule.runbooks, catalog.names(), "runbook", f"{base}.runbooks")
     _check_names(rule.regions, list(estate.regions), "region", f"{base}.regions")
     persons: set[str] = set()
     for j, subject in enumerate(rule.who):
@@ -472,56 +475,7 @@ def _compile(
     )
 
 
-# ---- YAML reading and error placement ----------------------------------------------------
-# load_estate reads its file inline; these do the same for this file, and also refuse
-# duplicate keys, which YAML would otherwise resolve silently to the last one.
-
-
-def _read_yaml(file: Path, shown: str) -> tuple[yaml.Node | None, Any]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EstateError("no such file", file=shown) from None
-    except OSError as exc:
-        raise EstateError(f"cannot read: {exc.strerror}", file=shown) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        _reject_duplicate_keys(root, [], shown)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or "malformed YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        hint = "; write '*' in quotes" if exc.context == "while scanning an alias" else ""
-        raise EstateError(
-            f"malformed YAML: {problem}{context}{hint}",
-            file=shown,
-            line=mark.line + 1 if mark else None,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise EstateError(f"malformed YAML: {exc}", file=shown) from None
-    return root, data
-
-
-def _reject_duplicate_keys(node: yaml.Node | None, loc: list[str | int], shown: str) -> None:
-    """YAML keeps the last of two equal keys silently; in access rules that hides a rule."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for k, v in node.value:
-            key = str(k.value)
-            line = k.start_mark.line + 1
-            if key in seen:
-                raise EstateError(
-                    f"duplicate key {key!r} (first at line {seen[key]})",
-                    file=shown,
-                    line=line,
-                    key_path=_format_path([*loc, key]),
-                )
-            seen[key] = line
-            _reject_duplicate_keys(v, [*loc, key], shown)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _reject_duplicate_keys(item, [*loc, i], shown)
+# ---- error placement ---------------------------------------------------------------------
 
 
 def _explain(exc: ValidationError, root: yaml.Node | None, shown: str) -> EstateError:
@@ -563,7 +517,7 @@ def _line_in(file: str | None, key_path: str) -> int | None:
     if not file:
         return None
     try:
-        root = yaml.compose(Path(file).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+        root = read_yaml(file).root
+    except EstateError:
         return None
     return _line_of(root, _parse_path(key_path))

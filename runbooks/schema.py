@@ -14,9 +14,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from openbell.errors import EstateError, UnknownNameError
+from openbell.errors import (
+    EstateError,
+    UnknownNameError,
+    describe_validation_error,
+    format_key_path,
+)
 
 ClockTier = Literal["hft", "algo", "voice"]
 #: MiFID II RTS 25 maximum divergence from UTC per tier, in microseconds.
@@ -174,9 +187,6 @@ class Feed(Model):
     timeout_s: float = Field(default=3.0, gt=0)
 
 
-SqlStep = Literal["refdata", "positions", "limits", "controls", "batch"]
-
-
 class Expectation(Model):
     """What a check's scalar result (first column of the first row) must satisfy."""
 
@@ -217,7 +227,7 @@ class SqlCheck(Model):
     """A named read-only query with an expectation. Binds :trade_date, :prev_trade_date."""
 
     name: str
-    step: SqlStep
+    step: str = Field(description="the step that runs it, e.g. refdata (start of day)")
     sql: str
     expect: Expectation
     description: str = ""
@@ -319,15 +329,13 @@ class Group(Model):
     members: list[str] = Field(default_factory=list)
 
 
-#: The runbooks openbell knows; ``runbooks:`` in the estate configures them by these names.
-RUNBOOK_NAMES = ("sod", "eod", "release", "certify")
-
-
 class ApprovalPolicy(Model):
     """Which steps of a runbook wait for four-eyes approval before they change anything.
 
     A listed step asks for approval only when it has something to change (an app to
     start, a session to reset): a re-run that finds everything in place does not wait.
+    Only steps that declare what they change may be listed (the estate is refused when it
+    is loaded otherwise, naming the ones that can).
     """
 
     steps: list[str] = Field(min_length=1, description="step names, e.g. [apps]")
@@ -354,16 +362,13 @@ class RunbookSchedule(Model):
 
 
 class RunbookPolicy(Model):
-    """How one runbook behaves in this estate (``runbooks.<name>`` in the YAML)."""
+    """How a runbook behaves in this estate (``runbooks.<key>`` in the YAML).
+
+    Each runbook declares its own model (this one, or a subclass with the fields only it
+    has, e.g. :class:`EodPolicy`); a field another runbook has is refused, not ignored.
+    """
 
     approvals: ApprovalPolicy | None = None
-    before_close: Literal["wait", "refuse"] = Field(
-        default="refuse",
-        description="end of day started before the region's close: wait for it, or refuse",
-    )
-    max_wait_minutes: float = Field(
-        default=120.0, gt=0, description="with before_close: wait, the longest wait; else refuse"
-    )
     concurrent_run: Literal["wait", "refuse"] = Field(
         default="refuse",
         description="a second run for the same region and trade date: wait for the first, or "
@@ -375,6 +380,67 @@ class RunbookPolicy(Model):
     schedule: RunbookSchedule | None = Field(
         default=None, description="run by itself on every session; none: only when asked"
     )
+
+
+class EodPolicy(RunbookPolicy):
+    """End of day's policy: what to do when it is started before the close."""
+
+    before_close: Literal["wait", "refuse"] = Field(
+        default="refuse",
+        description="end of day started before the region's close: wait for it, or refuse",
+    )
+    max_wait_minutes: float = Field(
+        default=120.0, gt=0, description="with before_close: wait, the longest wait; else refuse"
+    )
+
+
+def _runbook_policies(raw: Any) -> Any:
+    """Validate each ``runbooks.<key>`` block with the model its runbook declares.
+
+    Unknown runbooks, fields the runbook does not have, and approvals for steps that do not
+    exist or change nothing are refused here, naming the valid choices.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    from openbell import catalog
+
+    known = catalog.runbooks()
+    out: dict[str, Any] = {}
+    for key, block in raw.items():
+        where = f"runbooks.{key}"
+        runbook = known.get(key)
+        if runbook is None:
+            raise UnknownNameError("runbook", str(key), list(known), key_path=where)
+        if isinstance(block, RunbookPolicy):
+            policy = block
+        else:
+            try:
+                policy = runbook.policy.model_validate(block if block is not None else {})
+            except ValidationError as exc:
+                message, loc = describe_validation_error(exc)
+                raise EstateError(
+                    message, key_path=format_key_path([*where.split("."), *loc])
+                ) from None
+        if not isinstance(policy, runbook.policy):
+            raise EstateError(
+                f"expected the policy of {key} ({runbook.policy.__name__})", key_path=where
+            )
+        if policy.approvals is not None:
+            valid = runbook.approvable_steps()
+            for i, step in enumerate(policy.approvals.steps):
+                if step not in valid:
+                    what = (
+                        f"{key} has no step {step!r}"
+                        if step not in runbook.step_names
+                        else f"step {step!r} of {key} changes nothing, so there is nothing to "
+                        "approve"
+                    )
+                    raise EstateError(
+                        f"{what}; steps that can wait for approval: {', '.join(valid) or 'none'}",
+                        key_path=f"{where}.approvals.steps[{i}]",
+                    )
+        out[key] = policy
+    return out
 
 
 class Estate(Model):
@@ -393,7 +459,9 @@ class Estate(Model):
     databases: dict[str, Database] = Field(default_factory=dict)
     people: dict[str, Person] = Field(default_factory=dict)
     groups: dict[str, Group] = Field(default_factory=dict)
-    runbooks: dict[str, RunbookPolicy] = Field(default_factory=dict)
+    runbooks: Annotated[dict[str, RunbookPolicy], BeforeValidator(_runbook_policies)] = Field(
+        default_factory=dict
+    )
     source: str | None = Field(default=None, exclude=True, description="the file it came from")
 
     # ---- lookups that name the valid choices on a miss ------------------------------
@@ -449,8 +517,17 @@ class Estate(Model):
         return gateways[0] if gateways else None
 
     def policy(self, runbook: str) -> RunbookPolicy:
-        """The estate's settings for a runbook (defaults when it names none)."""
-        return self.runbooks.get(runbook) or RunbookPolicy()
+        """The estate's settings for a runbook (its model's defaults when it names none).
+
+        Raises:
+            UnknownNameError: no such runbook.
+        """
+        found = self.runbooks.get(runbook)
+        if found is not None:
+            return found
+        from openbell import catalog
+
+        return catalog.get(runbook).policy()
 
     def thresholds(self, region: str) -> Thresholds:
         return self.region(region).thresholds
@@ -520,6 +597,16 @@ class Estate(Model):
                     list(self.hosts),
                     key_path=f"databases.{name}.oms.trade_file.host",
                 )
+        sql_steps = _sql_check_steps()
+        for name, db in self.databases.items():
+            for i, check in enumerate(db.checks):
+                if check.step not in sql_steps:
+                    raise UnknownNameError(
+                        "SQL check step",
+                        check.step,
+                        sql_steps,
+                        key_path=f"databases.{name}.checks[{i}].step",
+                    )
         for name, app in self.apps.items():
             for i, h in enumerate(app.hosts):
                 if h not in self.hosts:
@@ -538,10 +625,6 @@ class Estate(Model):
                         "person", m, list(self.people), key_path=f"groups.{gname}.members[{i}]"
                     )
         for rb, policy in self.runbooks.items():
-            if rb not in RUNBOOK_NAMES:
-                raise UnknownNameError(
-                    "runbook", rb, list(RUNBOOK_NAMES), key_path=f"runbooks.{rb}"
-                )
             needs = policy.approvals.approver_group if policy.approvals else None
             if needs and self.groups and needs not in self.groups:
                 raise UnknownNameError(
@@ -556,6 +639,16 @@ class Estate(Model):
                 "dependency cycle: " + " -> ".join(cycle), key_path=f"apps.{cycle[0]}.depends_on"
             )
         return self
+
+
+def _sql_check_steps() -> list[str]:
+    """The steps that run the databases' SQL checks: those whose work is ``check_database``."""
+    from openbell import catalog
+    from openbell.tasks.database import check_database
+
+    return sorted(
+        {s.name for rb in catalog.runbooks().values() for s in rb.steps if s.run is check_database}
+    )
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

@@ -2,44 +2,42 @@
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
+from openbell import catalog
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
-from openbell.tasks.context import RunContext, in_thread
-from openbell.tasks.steps import timed_step
+from openbell.plan import PlannedAction
+from openbell.tasks.context import PlanContext, RunContext, StepRun, in_thread
 
 
-@task(name="check_alert_path", cache_policy=NO_CACHE)
-async def check_alert_path(ctx: RunContext) -> StepResult:
+def plan_alert_path(p: PlanContext) -> list[PlannedAction]:
+    channel = p.estate.region(p.region).slack_channel
+    return [PlannedAction(target=channel, action=f"post a test notification to {channel}")]
+
+
+async def check_alert_path(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Post a test message to the on-call channel; failed if it is not delivered."""
     channel = ctx.estate.region(ctx.region).slack_channel
-
-    async def work() -> list[Outcome]:
-        started = utcnow()
-        text = f"openbell alert-path test: start of day {ctx.region.upper()} {ctx.trade_date}"
-        try:
-            ref = await in_thread(ctx, ctx.notifier.post, channel, text)
-        except Exception as exc:
-            return [
-                Outcome(
-                    step="alert_path",
-                    target=channel,
-                    status=Status.FAILED,
-                    started_at=started,
-                    detail=f"test notification not delivered: {exc}",
-                )
-            ]
+    started = utcnow()
+    title = catalog.title(ctx.runbook)
+    text = f"openbell alert-path test: {title} {ctx.region.upper()} {ctx.trade_date}"
+    try:
+        ref = await in_thread(ctx, ctx.notifier.post, channel, text)
+    except Exception as exc:
         return [
             Outcome(
-                step="alert_path",
+                step=step.name,
                 target=channel,
-                status=Status.OK,
+                status=Status.FAILED,
                 started_at=started,
-                detail=f"test notification delivered (ts {ref.ts})",
-                evidence={"channel": ref.channel, "ts": ref.ts},
+                detail=f"test notification not delivered: {exc}",
             )
         ]
-
-    return await timed_step(ctx, "alert_path", "Alert path alive", work())
+    return [
+        Outcome(
+            step=step.name,
+            target=channel,
+            status=Status.OK,
+            started_at=started,
+            detail=f"test notification delivered (ts {ref.ts})",
+            evidence={"channel": ref.channel, "ts": ref.ts},
+        )
+    ]

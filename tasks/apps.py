@@ -1,24 +1,24 @@
 """Applications: started in dependency order, only if down, then verified.
 
-``ensure_apps_running`` handles one dependency tier; the flow calls it tier by tier.
+``ensure_apps_running`` goes tier by tier (tier 0 has no dependency in the region).
 For each (app, host) it reads the state (the app's status command), starts the app
 only when it is down, then verifies: running, health endpoint 200, expected version.
 An app whose dependency did not come up is skipped with that reason, never started.
+
+Starting an app is a change: ``apps_to_start`` lists the apps that are down, which is
+what a second person approves where the estate asks for it; an app refused by that
+approval is reported failed and not started.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell.errors import HttpError
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction, StepPlan
 from openbell.runbooks.schema import App
-from openbell.tasks.context import RunContext, fan_out, in_thread
-from openbell.tasks.steps import timed_step
+from openbell.tasks.context import Changes, PlanContext, RunContext, StepRun, fan_out, in_thread
 
 
 def health_url(app: App, address: str) -> str | None:
@@ -47,19 +47,26 @@ async def _verify(
 
 
 async def _ensure_one(
-    ctx: RunContext, http: Any, name: str, app: App, host: str, refused: str | None
+    ctx: RunContext, step: StepRun, http: Any, name: str, app: App, host: str
 ) -> Outcome:
     started = utcnow()
     target = f"{name}@{host}"
     status = await in_thread(ctx, ctx.ssh.run, host, app.status)
     changed = False
+    refused = step.refusal(target)
+    covered = step.approval != "approved" or target in step.approved
+    if not status.ok and refused is None and not covered:
+        refused = (
+            "it was up when the approval was asked for, so the approval does not "
+            "cover it; run again to ask for it"
+        )
     if not status.ok and refused:
         return Outcome(
-            step="apps",
+            step=step.name,
             target=target,
             status=Status.FAILED,
             started_at=started,
-            detail=f"down; {refused}",
+            detail=f"down; not started: {refused}",
             evidence={"status_exit": status.exit_status},
         )
     if not status.ok:
@@ -67,7 +74,7 @@ async def _ensure_one(
         if not res.ok:
             tail = (res.stderr.strip() or res.stdout.strip())[-300:]
             return Outcome(
-                step="apps",
+                step=step.name,
                 target=target,
                 status=Status.FAILED,
                 started_at=started,
@@ -79,7 +86,7 @@ async def _ensure_one(
     if not healthy:
         prefix = "started but " if changed else ""
         return Outcome(
-            step="apps",
+            step=step.name,
             target=target,
             status=Status.FAILED,
             started_at=started,
@@ -87,7 +94,7 @@ async def _ensure_one(
             evidence=evidence,
         )
     return Outcome(
-        step="apps",
+        step=step.name,
         target=target,
         started_at=started,
         evidence=evidence,
@@ -96,29 +103,53 @@ async def _ensure_one(
     )
 
 
-@task(
-    name="ensure_apps_running",
-    cache_policy=NO_CACHE,
-    task_run_name="ensure_apps_running[tier {tier}]",
-)
-async def ensure_apps_running(
-    ctx: RunContext,
-    tier: int,
-    apps: list[str],
-    failed: set[str],
-    refused: dict[str, str] | None = None,
-) -> StepResult:
-    """Make every app of one dependency tier run and verify it.
+def plan_apps(p: PlanContext) -> StepPlan:
+    """Per app and host, tier by tier: status, start if down, health and version."""
+    actions: list[PlannedAction] = []
+    tiers = p.estate.app_tiers(p.region)
+    for tier in tiers:
+        for name in tier:
+            app = p.estate.app(name)
+            for host in app.hosts:
+                target = f"{name}@{host}"
+                actions += [
+                    PlannedAction(target=target, action=p.ssh(host, app.status)),
+                    PlannedAction(target=target, action="if down: " + p.ssh(host, app.start)),
+                ]
+                url = health_url(app, p.estate.host(host).address)
+                if url:
+                    want = (
+                        f", expect version {app.expected_version}" if app.expected_version else ""
+                    )
+                    actions.append(PlannedAction(target=target, action=f"GET {url} -> 200{want}"))
+    order = "; ".join(f"tier {i}: {', '.join(t)}" for i, t in enumerate(tiers))
+    return StepPlan(actions=actions, note=f"in dependency order: {order}" if tiers else "")
 
-    Args:
-        ctx: the run.
-        tier: tier number (0 starts first), for names only.
-        apps: the apps of this tier.
-        failed: apps of earlier tiers that did not come up; their dependents are skipped.
-        refused: ``app@host`` targets that must not be started, with the reason (their
-            start was not approved); found down, they fail with it.
+
+async def ensure_apps_running(ctx: RunContext, step: StepRun) -> list[Outcome]:
+    """Make every app of the region run and verify it, tier after tier.
+
+    An app whose dependency (an earlier tier) is not up is skipped, not started. Where
+    the step needed approval, an app that is down is started only if the approval
+    covered it; refused, it is reported failed with the verdict.
     """
-    refused = refused or {}
+    outcomes: list[Outcome] = []
+    not_up: set[str] = set()
+    async with ctx.http() as http:
+        for apps in ctx.estate.app_tiers(ctx.region):
+            tier = await _tier(ctx, step, http, apps, not_up)
+            not_up |= {
+                o.target.split("@", 1)[0]
+                for o in tier
+                if o.status not in (Status.OK, Status.CHANGED)
+            }
+            outcomes += tier
+    return outcomes
+
+
+async def _tier(
+    ctx: RunContext, step: StepRun, http: Any, apps: list[str], failed: set[str]
+) -> list[Outcome]:
     skipped: list[Outcome] = []
     targets: list[tuple[str, tuple[str, App, str]]] = []
     for name in apps:
@@ -128,7 +159,7 @@ async def ensure_apps_running(
             if blocked:
                 skipped.append(
                     Outcome(
-                        step="apps",
+                        step=step.name,
                         target=f"{name}@{host}",
                         status=Status.SKIPPED,
                         detail=f"not started: {_deps_not_up(blocked)}",
@@ -137,21 +168,14 @@ async def ensure_apps_running(
             else:
                 targets.append((f"{name}@{host}", (name, app, host)))
 
-    async def work() -> list[Outcome]:
-        async with ctx.http() as http:
+    async def probe(target: str, item: tuple[str, App, str]) -> Outcome:
+        return await _ensure_one(ctx, step, http, *item)
 
-            async def probe(target: str, item: tuple[str, App, str]) -> Outcome:
-                return await _ensure_one(ctx, http, *item, refused.get(target))
-
-            return skipped + await fan_out("apps", targets, probe)
-
-    return await timed_step(
-        ctx, f"apps_tier{tier}", f"Apps running, tier {tier}: {', '.join(apps)}", work()
-    )
+    # Refusals are judged in _ensure_one (an app found running needs no approval).
+    return skipped + await fan_out(step.name, targets, probe)
 
 
-@task(name="apps_down", cache_policy=NO_CACHE)
-async def apps_down(ctx: RunContext) -> list[str]:
+async def apps_to_start(ctx: RunContext, step: StepRun) -> Changes:
     """The ``app@host`` targets of the region whose status command says not running.
 
     Read before asking for approval to start them; a target whose status cannot be read
@@ -167,26 +191,22 @@ async def apps_down(ctx: RunContext) -> list[str]:
         app, host = item
         res = await in_thread(ctx, ctx.ssh.run, host, app.status)
         return Outcome(
-            step="apps_down",
+            step=step.name,
             target=target,
             status=Status.OK if res.ok else Status.CHANGED,
             detail="running" if res.ok else f"down (status exited {res.exit_status})",
         )
 
-    found = await fan_out("apps_down", targets, probe)
-    return [o.target for o in found if o.status == Status.CHANGED]
+    found = await fan_out(step.name, targets, probe)
+    down = [o.target for o in found if o.status == Status.CHANGED]
+    return Changes(
+        targets=down,
+        lines=[f"start {t}" for t in down],
+        summary=f"start {len(down)} app(s) that are down in {ctx.region.upper()}",
+    )
 
 
 def _deps_not_up(names: list[str]) -> str:
     if len(names) == 1:
         return f"dependency {names[0]} is not up"
     return f"dependencies {', '.join(names)} are not up"
-
-
-def apps_not_up(result: StepResult) -> set[str]:
-    """App names with any target not ok/changed in a tier's result."""
-    return {
-        o.target.split("@", 1)[0]
-        for o in result.outcomes
-        if o.status not in (Status.OK, Status.CHANGED)
-    }

@@ -22,7 +22,8 @@ that it holds                  sha256 (a run stopped before removing): changed
 files the archive lacks        failed: they appeared after it was written
 ============================== ===============================================
 
-``check_disk_after_archive`` repeats the disk check once the archive is written.
+End of day checks disk use again once the archive is written (``check_disk`` as a step
+of its own).
 """
 
 from __future__ import annotations
@@ -33,18 +34,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell import chaos
 from openbell.errors import SshError
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction
 from openbell.runbooks.schema import Host
-from openbell.tasks.context import RunContext, fan_out, in_thread
-from openbell.tasks.hosts import check_disk
-from openbell.tasks.idempotency import idempotent
-from openbell.tasks.steps import timed_step
+from openbell.tasks.context import Changes, PlanContext, RunContext, StepRun, fan_out, in_thread
 
 
 @dataclass(frozen=True)
@@ -208,14 +203,55 @@ async def _write_archive(h: _Host, files: list[str]) -> tuple[str, dict[str, str
     return digest, manifest, True
 
 
-@task(name="ensure_day_archived", cache_policy=NO_CACHE)
-async def ensure_day_archived(ctx: RunContext) -> StepResult:
-    """The day's logs, order records and FIX stores archived per host, then removed."""
-    plans = [
+def plan_archive(p: PlanContext) -> list[PlannedAction]:
+    actions = []
+    for name, host in p.hosts():
+        ap = archive_plan(name, host, p.trade_date)
+        if ap is None:
+            continue
+        actions += [
+            PlannedAction(target=name, action=p.ssh(name, find_argv(ap))),
+            PlannedAction(
+                target=name,
+                action=f"if not archived: tar -czf {ap.partial} <files>, check tar -tzf and "
+                f"sha256sum, write {ap.manifest_file}, mv to {ap.archive}, "
+                f"write {ap.checksum_file}",
+            ),
+            PlannedAction(
+                target=name, action="after the archive's sha256 is verified: rm -f <archived files>"
+            ),
+        ]
+    return actions
+
+
+def _plans(ctx: RunContext) -> list[tuple[str, ArchivePlan]]:
+    return [
         (n, plan)
         for n, h in sorted(ctx.estate.hosts_in(ctx.region).items())
         if (plan := archive_plan(n, h, ctx.trade_date)) is not None
     ]
+
+
+async def hosts_to_archive(ctx: RunContext, step: StepRun) -> Changes:
+    """The hosts with files of the day not yet archived (or archived, not yet removed)."""
+
+    async def probe(name: str, plan: ArchivePlan) -> Outcome:
+        files = await _Host(ctx, plan).day_files()
+        return Outcome(step=step.name, target=name, status=Status.CHANGED if files else Status.OK)
+
+    found = await fan_out(step.name, _plans(ctx), probe)
+    todo = [o.target for o in found if o.status == Status.CHANGED]
+    return Changes(
+        targets=todo,
+        lines=[f"archive the files of {ctx.trade_date} on {t}, then remove them" for t in todo],
+        summary=f"archive and remove the day's files on {len(todo)} host(s) in "
+        f"{ctx.region.upper()}",
+    )
+
+
+async def ensure_day_archived(ctx: RunContext, step: StepRun) -> list[Outcome]:
+    """The day's logs, order records and FIX stores archived per host, then removed."""
+    plans = _plans(ctx)
 
     async def probe(name: str, plan: ArchivePlan) -> Outcome:
         started = utcnow()
@@ -227,7 +263,7 @@ async def ensure_day_archived(ctx: RunContext) -> StepResult:
         if found is None:
             if not files:
                 return Outcome(
-                    step="archive",
+                    step=step.name,
                     target=name,
                     status=Status.OK,
                     started_at=started,
@@ -244,7 +280,7 @@ async def ensure_day_archived(ctx: RunContext) -> StepResult:
         if strangers:
             evidence["not_archived"] = strangers
             return Outcome(
-                step="archive",
+                step=step.name,
                 target=name,
                 status=Status.FAILED,
                 started_at=started,
@@ -259,7 +295,7 @@ async def ensure_day_archived(ctx: RunContext) -> StepResult:
             evidence["removed"] = removable
             done = (done + "; " if done else "") + f"removed {len(removable)} archived file(s)"
         return Outcome(
-            step="archive",
+            step=step.name,
             target=name,
             status=Status.CHANGED if done else Status.OK,
             started_at=started,
@@ -268,10 +304,8 @@ async def ensure_day_archived(ctx: RunContext) -> StepResult:
             evidence=evidence,
         )
 
-    note = "" if plans else "no host of the region has an archive_dir"
-    title = "Logs, order records and FIX stores archived"
-    work = fan_out("archive", plans, idempotent(ctx, "archive", probe))
-    return await timed_step(ctx, "archive", title, work, note)
+    step.note = "" if plans else "no host of the region has an archive_dir"
+    return await step.fan_out(ctx, plans, probe)
 
 
 async def _unchanged(h: _Host, files: list[str], manifest: dict[str, str]) -> list[str]:
@@ -288,10 +322,3 @@ async def _unchanged(h: _Host, files: list[str], manifest: dict[str, str]) -> li
             "not removing them",
         )
     return files
-
-
-@task(name="check_disk_after_archive", cache_policy=NO_CACHE)
-async def check_disk_after_archive(ctx: RunContext) -> StepResult:
-    """Disk use under the threshold once the day is archived."""
-    result: StepResult = await check_disk.fn(ctx, "disk_after_archive", "Disk use after archive")
-    return result

@@ -15,15 +15,11 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
-from openbell.runbooks.schema import Region
+from openbell.plan import StepPlan
+from openbell.runbooks.schema import EodPolicy, Region
 from openbell.tasks.connectors import calendar
-from openbell.tasks.context import RunContext
-from openbell.tasks.steps import timed_step
+from openbell.tasks.context import PlanContext, RunContext, StepRun
 
 Decision = Literal["closed", "wait", "refuse"]
 
@@ -77,65 +73,86 @@ def close_decision(
     return "refuse", remaining
 
 
-@task(name="check_market_closed", cache_policy=NO_CACHE)
+def plan_close(p: PlanContext) -> StepPlan:
+    """When the region closes (half days) and what a run started before it does."""
+    reg = p.estate.region(p.region)
+    policy = _policy(p.policy)
+    close, venues = region_close(reg, p.trade_date)
+    half = [f"{c} half day: {v['half_day_reason']}" for c, v in venues.items() if v["half_day"]]
+    when = close.astimezone(_zone(reg.timezone)).strftime("%H:%M %Z") if close else "?"
+    wait = f" (at most {policy.max_wait_minutes:g} min)" if policy.before_close == "wait" else ""
+    return StepPlan(
+        note=f"closes {when}"
+        + (f" ({'; '.join(half)})" if half else "")
+        + f"; before the close: {policy.before_close}{wait}"
+    )
+
+
+def _policy(policy: object) -> EodPolicy:
+    # The close gate reads end of day's policy fields: a runbook that declares this step
+    # declares EodPolicy (or a subclass) as its policy model.
+    if not isinstance(policy, EodPolicy):
+        raise TypeError(
+            f"the close gate reads before_close and max_wait_minutes: the runbook's policy "
+            f"model must be EodPolicy or a subclass, not {type(policy).__name__}"
+        )
+    return policy
+
+
 async def check_market_closed(
-    ctx: RunContext, clock: Callable[[], datetime] = utcnow
-) -> StepResult:
+    ctx: RunContext, step: StepRun, clock: Callable[[], datetime] = utcnow
+) -> list[Outcome]:
     """Every venue of the region has closed for the trade date (or wait for it)."""
     region = ctx.estate.region(ctx.region)
-    policy = ctx.estate.policy("eod")
-
-    async def work() -> list[Outcome]:
-        started = utcnow()
-        close, facts = region_close(region, ctx.trade_date)
-        target = "+".join(region.calendars)
-        if close is None:
-            return [
-                Outcome(
-                    step="close",
-                    target=target,
-                    status=Status.FAILED,
-                    started_at=started,
-                    detail=f"no venue of {ctx.region} trades on {ctx.trade_date}",
-                    evidence={"venues": facts},
-                )
-            ]
-        local = close.astimezone(_zone(region.timezone))
-        half = [f"{c} half day" for c, f in facts.items() if f["half_day"]]
-        when = f"{local:%H:%M %Z} {ctx.trade_date}" + (f" ({', '.join(half)})" if half else "")
-        evidence = {"close_utc": close.isoformat(), "venues": facts}
-        decision, seconds = close_decision(
-            clock(), close, policy.before_close, policy.max_wait_minutes * 60
-        )
-        if decision == "refuse":
-            return [
-                Outcome(
-                    step="close",
-                    target=target,
-                    status=Status.FAILED,
-                    started_at=started,
-                    detail=f"not closed yet: closes at {when}, in {seconds / 60:.0f} min; "
-                    f"refusing (before_close: {policy.before_close}, "
-                    f"max_wait_minutes: {policy.max_wait_minutes:g})",
-                    evidence=evidence,
-                )
-            ]
-        waited = ""
-        if decision == "wait":
-            await asyncio.sleep(seconds)
-            waited = f"; waited {seconds / 60:.1f} min for it"
+    policy = _policy(ctx.estate.policy(ctx.runbook))
+    started = utcnow()
+    close, facts = region_close(region, ctx.trade_date)
+    target = "+".join(region.calendars)
+    if close is None:
         return [
             Outcome(
-                step="close",
+                step=step.name,
                 target=target,
-                status=Status.OK,
+                status=Status.FAILED,
                 started_at=started,
-                detail=f"closed at {when}{waited}",
+                detail=f"no venue of {ctx.region} trades on {ctx.trade_date}",
+                evidence={"venues": facts},
+            )
+        ]
+    local = close.astimezone(_zone(region.timezone))
+    half = [f"{c} half day" for c, f in facts.items() if f["half_day"]]
+    when = f"{local:%H:%M %Z} {ctx.trade_date}" + (f" ({', '.join(half)})" if half else "")
+    evidence = {"close_utc": close.isoformat(), "venues": facts}
+    decision, seconds = close_decision(
+        clock(), close, policy.before_close, policy.max_wait_minutes * 60
+    )
+    if decision == "refuse":
+        return [
+            Outcome(
+                step=step.name,
+                target=target,
+                status=Status.FAILED,
+                started_at=started,
+                detail=f"not closed yet: closes at {when}, in {seconds / 60:.0f} min; "
+                f"refusing (before_close: {policy.before_close}, "
+                f"max_wait_minutes: {policy.max_wait_minutes:g})",
                 evidence=evidence,
             )
         ]
-
-    return await timed_step(ctx, "close", "Market closed", work())
+    waited = ""
+    if decision == "wait":
+        await asyncio.sleep(seconds)
+        waited = f"; waited {seconds / 60:.1f} min for it"
+    return [
+        Outcome(
+            step=step.name,
+            target=target,
+            status=Status.OK,
+            started_at=started,
+            detail=f"closed at {when}{waited}",
+            evidence=evidence,
+        )
+    ]
 
 
 def _zone(name: str) -> Any:

@@ -1,9 +1,15 @@
-"""What the tasks of one run share, and the fan-out that turns targets into Outcomes.
+"""What the steps of one run share, and the fan-out that turns targets into Outcomes.
 
-A Prefect task runs per runbook step; inside it, ``fan_out`` probes every target at
-once (threads for blocking connectors such as paramiko, the event loop for async ones)
-and turns each exception into a ``failed`` or ``unknown`` Outcome that names the target
-and the cause, so one bad host never hides the others.
+The engine runs a Prefect task per runbook step and gives the step's function two things:
+the :class:`RunContext` of the run (estate, region, trade date, connectors, ledger) and
+the :class:`StepRun` of this step (its declaration, what approvals refused). Inside,
+``step.fan_out`` probes every target at once (threads for blocking connectors such as
+paramiko, the event loop for async ones) and turns each exception into a ``failed`` or
+``unknown`` Outcome that names the target and the cause, so one bad host never hides the
+others; for a step declared with side effects it also keeps the idempotency keys.
+
+A step's plan function gets a :class:`PlanContext` instead: the same estate, region and
+trade date, and nothing that could touch a target.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import shlex
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,11 +26,12 @@ from typing import Any, TypeVar
 
 from openbell.errors import CommandTimeoutError, ConnectionLostError, OpenbellError
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.runbooks.schema import Estate
+from openbell.runbooks.schema import Estate, Host, RunbookPolicy
 from openbell.secrets import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Probe = Callable[[str, T], Awaitable[Outcome]]
 
 #: Called as progress(step, event, detail) with event in {"start", "done"}.
 ProgressFn = Callable[[str, str, Any], None]
@@ -155,3 +163,100 @@ async def fan_out(
             return outcome_from_error(step, name, exc, started)
 
     return list(await asyncio.gather(*(one(n, i) for n, i in targets)))
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a step would change now, read before it acts: what an approval is asked for.
+
+    Attributes:
+        targets: the targets it would change (bound into the approval).
+        lines: one line per change, shown to the approvers (``start emea-oms@emea-app1``).
+        summary: one line: what will run, where.
+    """
+
+    targets: list[str]
+    lines: list[str]
+    summary: str
+
+
+@dataclass
+class StepRun:
+    """One step of a run, as its function sees it.
+
+    Attributes:
+        name: the step's one name (flow, plan, ledger, report, approvals, ``--from-step``).
+        title: what people call it.
+        side_effects: its targets get idempotency keys (``fan_out`` keeps them).
+        approval: the verdict's status when the step needed approval, else None.
+        approved: the targets the approval covered (empty when none was needed).
+        refused: targets whose change the approval did not allow, with the reason.
+        note: what the step says about itself in the report (set by its function).
+    """
+
+    name: str
+    title: str
+    side_effects: bool = False
+    approval: str | None = None
+    approved: frozenset[str] = frozenset()
+    refused: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    async def fan_out(
+        self, ctx: RunContext, targets: Iterable[tuple[str, T]], probe: Probe[T]
+    ) -> list[Outcome]:
+        """:func:`fan_out` for this step: refused targets fail without being touched, and a
+        step with side effects skips what completed once and records what completes now."""
+        guarded = self._guard(probe)
+        if self.side_effects:
+            from openbell.tasks.idempotency import idempotent
+
+            guarded = idempotent(ctx, self.name, guarded)
+        return await fan_out(self.name, targets, guarded)
+
+    def refusal(self, target: str) -> str | None:
+        """Why ``target`` may not be changed (its change was not approved), or None."""
+        return self.refused.get(target)
+
+    def _guard(self, probe: Probe[T]) -> Probe[T]:
+        if not self.refused:
+            return probe
+
+        async def guarded(target: str, item: T) -> Outcome:
+            why = self.refused.get(target)
+            if why is None:
+                return await probe(target, item)
+            detail = f"not changed: {why}"
+            return Outcome(step=self.name, target=target, status=Status.FAILED, detail=detail)
+
+        return guarded
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a step's plan function sees: the estate, the run's identity, no connectors.
+
+    Attributes:
+        estate: the validated estate.
+        region: region name.
+        trade_date: the session planned for.
+        facts: the calendar's facts for the day (``openbell.flows.plan.calendar_facts``).
+        policy: the estate's policy for the runbook (``runbooks.<key>``).
+        step: the name of the step being planned.
+    """
+
+    estate: Estate
+    region: str
+    trade_date: date
+    facts: dict[str, Any]
+    policy: RunbookPolicy
+    step: str = ""
+
+    def ssh(self, host: str, argv: list[str]) -> str:
+        """How a remote command is shown: ``ssh user@host (address:port) $ argv``."""
+        h = self.estate.host(host)
+        return f"ssh {h.user}@{host} ({h.address}:{h.port}) $ {shlex.join(argv)}"
+
+    def hosts(self) -> list[tuple[str, Host]]:
+        """The region's hosts, by name."""
+        return sorted(self.estate.hosts_in(self.region).items())

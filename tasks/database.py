@@ -1,32 +1,21 @@
 """Database checks: reference data, positions, limits, pre-trade controls, overnight batch.
 
-Each estate database names read-only SQL checks and the SOD step each belongs to; the
-step's task runs that step's checks on every database of the region, binding
-``:trade_date`` and ``:prev_trade_date``.
+Each estate database names read-only SQL checks and the step each belongs to (a step
+whose work is ``check_database``: ``refdata``, ``positions``... in start of day); the
+step runs its checks on every database of the region, binding ``:trade_date`` and
+``:prev_trade_date``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell import secrets
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction
 from openbell.runbooks.schema import Database, SqlCheck
 from openbell.tasks.connectors import sql
-from openbell.tasks.context import RunContext, fan_out, in_thread
-from openbell.tasks.steps import timed_step
-
-STEP_TITLES = {
-    "refdata": "Reference data loaded",
-    "positions": "Positions loaded",
-    "limits": "Limits loaded",
-    "controls": "Pre-trade controls armed",
-    "batch": "Overnight batch finished",
-}
+from openbell.tasks.context import PlanContext, RunContext, StepRun, in_thread
 
 
 def check_params(ctx: RunContext) -> dict[str, Any]:
@@ -44,15 +33,28 @@ def sql_runner(ctx: RunContext, name: str, db: Database) -> sql.SqlRunner:
     return ctx.sql_runners[name]
 
 
-@task(name="check_database", cache_policy=NO_CACHE, task_run_name="check_database[{step}]")
-async def check_database(ctx: RunContext, step: str) -> StepResult:
-    """Run one SOD step's SQL checks on every database of the region."""
+def plan_database(p: PlanContext) -> list[PlannedAction]:
+    """The step's read-only SQL checks on every database of the region."""
+    return [
+        PlannedAction(
+            target=f"{n}:{c.name}",
+            action=f"SQL (read-only, {db.timeout_s:g} s): "
+            f"{' '.join(c.sql.split())} -> {c.expect.describe()}",
+        )
+        for n, db in sorted(p.estate.databases_in(p.region).items())
+        for c in db.checks
+        if c.step == p.step
+    ]
+
+
+async def check_database(ctx: RunContext, step: StepRun) -> list[Outcome]:
+    """Run this step's SQL checks on every database of the region."""
     params = check_params(ctx)
     targets: list[tuple[str, tuple[str, Database, SqlCheck]]] = [
         (f"{name}:{check.name}", (name, db, check))
         for name, db in sorted(ctx.estate.databases_in(ctx.region).items())
         for check in db.checks
-        if check.step == step
+        if check.step == step.name
     ]
 
     async def probe(target: str, item: tuple[str, Database, SqlCheck]) -> Outcome:
@@ -64,7 +66,7 @@ async def check_database(ctx: RunContext, step: str) -> StepResult:
         if check.description:
             detail += f": {check.description}"
         return Outcome(
-            step=step,
+            step=step.name,
             target=target,
             started_at=started,
             detail=detail,
@@ -72,6 +74,5 @@ async def check_database(ctx: RunContext, step: str) -> StepResult:
             evidence={"value": result.value, "expected": result.expected},
         )
 
-    note = "" if targets else "no checks defined for this step"
-    title = STEP_TITLES.get(step, step)
-    return await timed_step(ctx, step, title, fan_out(step, targets, probe), note)
+    step.note = "" if targets else "no checks defined for this step"
+    return await step.fan_out(ctx, targets, probe)

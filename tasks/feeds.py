@@ -5,14 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction
 from openbell.runbooks.schema import Feed
-from openbell.tasks.context import RunContext, fan_out
-from openbell.tasks.steps import timed_step
+from openbell.tasks.context import PlanContext, RunContext, StepRun
 
 
 def judge_feed(
@@ -44,12 +40,12 @@ def judge_feed(
     )
 
 
-async def _probe_feed(http: Any, name: str, feed: Feed, default_max: float) -> Outcome:
+async def _probe_feed(http: Any, step: str, name: str, feed: Feed, default_max: float) -> Outcome:
     started = utcnow()
     answer = await http.get(feed.status_url, target=name, timeout=feed.timeout_s, retries=2)
     if not isinstance(answer.json, dict):
         return Outcome(
-            step="feeds",
+            step=step,
             target=name,
             status=Status.FAILED,
             started_at=started,
@@ -58,7 +54,7 @@ async def _probe_feed(http: Any, name: str, feed: Feed, default_max: float) -> O
     status, detail = judge_feed(name, answer.json, feed.max_staleness_s or default_max, utcnow())
     evidence = {k: answer.json.get(k) for k in ("last_update", "sequence", "gaps")}
     return Outcome(
-        step="feeds",
+        step=step,
         target=name,
         status=status,
         detail=detail,
@@ -67,17 +63,24 @@ async def _probe_feed(http: Any, name: str, feed: Feed, default_max: float) -> O
     )
 
 
-@task(name="check_feeds", cache_policy=NO_CACHE)
-async def check_feeds(ctx: RunContext) -> StepResult:
+def plan_feeds(p: PlanContext) -> list[PlannedAction]:
+    default_max = p.estate.thresholds(p.region).feed_max_staleness_s
+    return [
+        PlannedAction(
+            target=n,
+            action=f"GET {f.status_url} -> last_update younger than "
+            f"{f.max_staleness_s or default_max:g} s, no gaps",
+        )
+        for n, f in sorted(p.estate.feeds_in(p.region).items())
+    ]
+
+
+async def check_feeds(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Every market-data feed of the region is fresh and gap-free."""
     default_max = ctx.estate.thresholds(ctx.region).feed_max_staleness_s
+    async with ctx.http() as http:
 
-    async def work() -> list[Outcome]:
-        async with ctx.http() as http:
+        async def probe(name: str, feed: Feed) -> Outcome:
+            return await _probe_feed(http, step.name, name, feed, default_max)
 
-            async def probe(name: str, feed: Feed) -> Outcome:
-                return await _probe_feed(http, name, feed, default_max)
-
-            return await fan_out("feeds", sorted(ctx.estate.feeds_in(ctx.region).items()), probe)
-
-    return await timed_step(ctx, "feeds", "Market-data feeds fresh", work())
+        return await step.fan_out(ctx, sorted(ctx.estate.feeds_in(ctx.region).items()), probe)

@@ -1,8 +1,8 @@
 """Host checks over SSH: disk use, clock sync, FIX store writable, logs rotated.
 
-Each check is a Prefect task for one runbook step that fans out over the region's
-hosts. The remote commands are built by the ``*_argv`` functions, which the planner
-also uses, so ``openbell plan`` shows exactly what will run.
+Each check is the work of one runbook step and fans out over the region's hosts. The
+remote commands are built by the ``*_argv`` functions, which each check's ``plan_*``
+beside it also uses, so ``openbell plan`` shows exactly what will run.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ import re
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction
 from openbell.runbooks.schema import Host
-from openbell.tasks.context import RunContext, fan_out, in_thread
-from openbell.tasks.steps import timed_step
+from openbell.tasks.context import PlanContext, RunContext, StepRun, in_thread
 
 
 def disk_argv(path: str) -> list[str]:
@@ -88,17 +84,21 @@ def _targets(ctx: RunContext) -> list[tuple[str, Host]]:
     return sorted(ctx.estate.hosts_in(ctx.region).items())
 
 
-@task(name="check_disk", cache_policy=NO_CACHE)
-async def check_disk(
-    ctx: RunContext, step: str = "disk", title: str = "Disk use under threshold"
-) -> StepResult:
+def plan_disk(p: PlanContext) -> list[PlannedAction]:
+    """``df`` on every disk path of every host."""
+    return [
+        PlannedAction(target=f"{n}:{path}", action=p.ssh(n, disk_argv(path)))
+        for n, h in p.hosts()
+        for path in h.disk_paths
+    ]
+
+
+async def check_disk(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Disk use under the region's threshold on every path of every host.
 
-    Args:
-        ctx: the run.
-        step: the step's name (end of day checks disk again as ``disk_after_archive``).
-        title: the step's title.
+    End of day runs it again after the archive, as its own step.
     """
+    name = step.name
     limit = ctx.estate.thresholds(ctx.region).disk_max_pct
     targets = [(f"{n}:{p}", (n, p)) for n, h in _targets(ctx) for p in h.disk_paths]
 
@@ -107,7 +107,7 @@ async def check_disk(
         res = await in_thread(ctx, ctx.ssh.run, item[0], disk_argv(item[1]))
         if not res.ok:
             return Outcome(
-                step=step,
+                step=name,
                 target=target,
                 status=Status.FAILED,
                 started_at=started,
@@ -116,7 +116,7 @@ async def check_disk(
         pct = parse_df(res.stdout)
         status = Status.OK if pct < limit else Status.FAILED
         return Outcome(
-            step=step,
+            step=name,
             target=target,
             status=status,
             started_at=started,
@@ -124,11 +124,14 @@ async def check_disk(
             evidence={"used_pct": pct},
         )
 
-    return await timed_step(ctx, step, title, fan_out(step, targets, probe))
+    return await step.fan_out(ctx, targets, probe)
 
 
-@task(name="check_clock", cache_policy=NO_CACHE)
-async def check_clock(ctx: RunContext) -> StepResult:
+def plan_clock(p: PlanContext) -> list[PlannedAction]:
+    return [PlannedAction(target=n, action=p.ssh(n, h.clock_command)) for n, h in p.hosts()]
+
+
+async def check_clock(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Clock offset inside the MiFID II RTS 25 tier and leap status normal."""
     th = ctx.estate.thresholds(ctx.region)
 
@@ -137,7 +140,7 @@ async def check_clock(ctx: RunContext) -> StepResult:
         res = await in_thread(ctx, ctx.ssh.run, name, host.clock_command)
         if not res.ok:
             return Outcome(
-                step="clock",
+                step=step.name,
                 target=name,
                 status=Status.FAILED,
                 started_at=started,
@@ -157,7 +160,7 @@ async def check_clock(ctx: RunContext) -> StepResult:
             or f"offset {offset_us:+.1f} µs (limit ±{th.clock_limit_us} µs), leap Normal"
         )
         return Outcome(
-            step="clock",
+            step=step.name,
             target=name,
             started_at=started,
             detail=detail,
@@ -165,13 +168,18 @@ async def check_clock(ctx: RunContext) -> StepResult:
             evidence={"offset_us": offset_us, "leap": leap, "tier": th.clock_tier},
         )
 
-    return await timed_step(
-        ctx, "clock", "Clock sync (RTS 25)", fan_out("clock", _targets(ctx), probe)
-    )
+    return await step.fan_out(ctx, _targets(ctx), probe)
 
 
-@task(name="check_fix_store", cache_policy=NO_CACHE)
-async def check_fix_store(ctx: RunContext) -> StepResult:
+def plan_fix_store(p: PlanContext) -> list[PlannedAction]:
+    return [
+        PlannedAction(target=n, action=p.ssh(n, fix_store_argv(h.fix_store_dir)))
+        for n, h in p.hosts()
+        if h.fix_store_dir
+    ]
+
+
+async def check_fix_store(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """The FIX message store directory is writable on every gateway host."""
     targets = [(n, h) for n, h in _targets(ctx) if h.fix_store_dir]
 
@@ -181,17 +189,15 @@ async def check_fix_store(ctx: RunContext) -> StepResult:
         res = await in_thread(ctx, ctx.ssh.run, name, fix_store_argv(directory))
         ok = res.ok
         return Outcome(
-            step="fix_store",
+            step=step.name,
             target=name,
             started_at=started,
             status=Status.OK if ok else Status.FAILED,
             detail=f"{directory} writable" if ok else f"{directory} is missing or not writable",
         )
 
-    note = "" if targets else "no host has a FIX store"
-    return await timed_step(
-        ctx, "fix_store", "FIX store writable", fan_out("fix_store", targets, probe), note
-    )
+    step.note = "" if targets else "no host has a FIX store"
+    return await step.fan_out(ctx, targets, probe)
 
 
 def rotation_cutoff(timezone: str, day: date) -> int:
@@ -202,8 +208,16 @@ def rotation_cutoff(timezone: str, day: date) -> int:
     return min(midnight, int(utcnow().timestamp()))
 
 
-@task(name="check_logs_rotated", cache_policy=NO_CACHE)
-async def check_logs_rotated(ctx: RunContext) -> StepResult:
+def plan_logs(p: PlanContext) -> list[PlannedAction]:
+    cutoff = rotation_cutoff(p.estate.region(p.region).timezone, p.trade_date)
+    return [
+        PlannedAction(target=n, action=p.ssh(n, logs_argv(h.log_dir, cutoff)))
+        for n, h in p.hosts()
+        if h.log_dir
+    ]
+
+
+async def check_logs_rotated(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """No live ``*.log`` file left over from before the trade date."""
     targets = [(n, h) for n, h in _targets(ctx) if h.log_dir]
     cutoff = rotation_cutoff(ctx.estate.region(ctx.region).timezone, ctx.trade_date)
@@ -214,7 +228,7 @@ async def check_logs_rotated(ctx: RunContext) -> StepResult:
         stale = [ln for ln in res.stdout.splitlines() if ln.strip()]
         if not res.ok:
             return Outcome(
-                step="logs",
+                step=step.name,
                 target=name,
                 status=Status.FAILED,
                 started_at=started,
@@ -222,7 +236,7 @@ async def check_logs_rotated(ctx: RunContext) -> StepResult:
             )
         if stale:
             return Outcome(
-                step="logs",
+                step=step.name,
                 target=name,
                 status=Status.FAILED,
                 started_at=started,
@@ -230,14 +244,12 @@ async def check_logs_rotated(ctx: RunContext) -> StepResult:
                 evidence={"stale": stale[:50]},
             )
         return Outcome(
-            step="logs",
+            step=step.name,
             target=name,
             status=Status.OK,
             started_at=started,
             detail=f"{host.log_dir}: rotated",
         )
 
-    note = "" if targets else "no host names a log_dir"
-    return await timed_step(
-        ctx, "logs", "Yesterday's logs rotated", fan_out("logs", targets, probe), note
-    )
+    step.note = "" if targets else "no host names a log_dir"
+    return await step.fan_out(ctx, targets, probe)

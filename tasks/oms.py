@@ -1,7 +1,7 @@
 """The OMS at end of day: day orders terminal, fills booked, three-way reconciliation,
 positions rolled.
 
-Each step is a Prefect task fanning out over the region's OMS databases (those with an
+Each step fans out over the region's OMS databases (those with an
 ``oms`` block in the estate):
 
 - ``ensure_day_orders_terminal`` reads the day's open orders through the OMS admin API.
@@ -26,19 +26,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell import chaos
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction, StepPlan
 from openbell.runbooks.schema import Database, OmsEod
 from openbell.settings import get_settings
-from openbell.tasks.context import RunContext, fan_out, in_thread
+from openbell.tasks.context import Changes, PlanContext, RunContext, StepRun, fan_out, in_thread
 from openbell.tasks.database import sql_runner
-from openbell.tasks.idempotency import completion_key, idempotent
+from openbell.tasks.idempotency import completion_key
 from openbell.tasks.recon import Execution, reconcile, roll_positions
-from openbell.tasks.steps import timed_step
 
 #: Rows read at most per query (a day's fills of one OMS).
 MAX_ROWS = 200_000
@@ -70,90 +66,133 @@ def sweep_url(cfg: OmsEod) -> str:
 
 
 # ---- day orders ----------------------------------------------------------------------------
-@task(name="ensure_day_orders_terminal", cache_policy=NO_CACHE)
-async def ensure_day_orders_terminal(ctx: RunContext) -> StepResult:
+def plan_day_orders(p: PlanContext) -> list[PlannedAction]:
+    iso = p.trade_date.isoformat()
+    actions = []
+    for name, db in sorted(p.estate.oms_in(p.region).items()):
+        cfg = _cfg(db)
+        if not cfg.admin_url:
+            continue
+        actions.append(PlannedAction(target=name, action=f"GET {orders_url(cfg, iso)}"))
+        if cfg.cancel_sweep:
+            body = f'{{"trade_date": "{iso}", "tif": ["DAY"]}}'
+            actions.append(
+                PlannedAction(
+                    target=name,
+                    action=f"if a day order is open: POST {sweep_url(cfg)} {body}, then GET again",
+                )
+            )
+        else:
+            actions.append(PlannedAction(target=name, action="fail if a day order is open"))
+    return actions
+
+
+async def _open_orders(http: Any, name: str, cfg: OmsEod, day: str) -> list[dict[str, Any]]:
+    answer = await http.get(orders_url(cfg, day), target=name, timeout=cfg.timeout_s, retries=2)
+    body = answer.json if isinstance(answer.json, dict) else {}
+    return list(body.get("orders") or [])
+
+
+async def day_orders_to_cancel(ctx: RunContext, step: StepRun) -> Changes:
+    """The OMSes with day orders still open that the cancel sweep would cancel."""
+    day = ctx.trade_date.isoformat()
+    targets = [(n, db) for n, db in _oms(ctx) if _cfg(db).admin_url and _cfg(db).cancel_sweep]
+    lines: dict[str, str] = {}
+    async with ctx.http() as http:
+
+        async def probe(name: str, db: Database) -> Outcome:
+            orders = await _open_orders(http, name, _cfg(db), day)
+            open_day = [o["order_id"] for o in orders if o.get("tif") == "DAY"]
+            if open_day:
+                lines[name] = (
+                    f"cancel {len(open_day)} open day order(s) on {name}: {_list(open_day)}"
+                )
+            return Outcome(step=step.name, target=name, status=Status.OK)
+
+        await fan_out(step.name, targets, probe)
+    todo = sorted(lines)
+    return Changes(
+        targets=todo,
+        lines=[lines[t] for t in todo],
+        summary=f"cancel the open day orders of {len(todo)} OMS(es) in {ctx.region.upper()}",
+    )
+
+
+async def ensure_day_orders_terminal(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """No day order of the trade date left open; GTC/GTD kept; sweep where configured."""
     day = ctx.trade_date.isoformat()
     targets = [(n, db) for n, db in _oms(ctx) if _cfg(db).admin_url]
+    async with ctx.http() as http:
 
-    async def work() -> list[Outcome]:
-        async with ctx.http() as http:
+        async def open_orders(name: str, cfg: OmsEod) -> list[dict[str, Any]]:
+            return await _open_orders(http, name, cfg, day)
 
-            async def open_orders(name: str, cfg: OmsEod) -> list[dict[str, Any]]:
-                answer = await http.get(
-                    orders_url(cfg, day), target=name, timeout=cfg.timeout_s, retries=2
-                )
-                body = answer.json if isinstance(answer.json, dict) else {}
-                return list(body.get("orders") or [])
-
-            async def probe(name: str, db: Database) -> Outcome:
-                started = utcnow()
-                cfg = _cfg(db)
-                before = await open_orders(name, cfg)
-                kept = [_brief(o) for o in before if o.get("tif") != "DAY"]
-                day_open = [o["order_id"] for o in before if o.get("tif") == "DAY"]
-                evidence: dict[str, Any] = {"kept_open": kept, "open_day_orders": day_open}
-                note = f"; {len(kept)} GTC/GTD order(s) kept open" if kept else ""
-                if not day_open:
-                    return Outcome(
-                        step="day_orders",
-                        target=name,
-                        status=Status.OK,
-                        started_at=started,
-                        detail=f"every day order of {day} is terminal{note}",
-                        evidence=evidence,
-                    )
-                if not cfg.cancel_sweep:
-                    return Outcome(
-                        step="day_orders",
-                        target=name,
-                        status=Status.FAILED,
-                        started_at=started,
-                        detail=f"{len(day_open)} day order(s) still open: "
-                        f"{_list(day_open)} (cancel_sweep is off for {name})",
-                        evidence=evidence,
-                    )
-                # The key makes the sweep idempotent at the OMS too: asked twice (a
-                # retry after a lost answer), it cancels once and answers the same.
-                request_id = completion_key(ctx, "day_orders", name).digest()
-                swept = await http.post(
-                    sweep_url(cfg),
-                    {"trade_date": day, "tif": ["DAY"], "request_id": request_id},
-                    target=name,
-                    timeout=cfg.timeout_s,
-                )
-                chaos.point(f"day_orders:{name}:swept")
-                result = swept.json if isinstance(swept.json, dict) else {}
-                evidence["sweep"] = {
-                    "canceled": result.get("canceled", []),
-                    "effects": result.get("effects", []),
-                }
-                still = [o["order_id"] for o in await open_orders(name, cfg) if o["tif"] == "DAY"]
-                if still:
-                    evidence["still_open"] = still
-                    return Outcome(
-                        step="day_orders",
-                        target=name,
-                        status=Status.FAILED,
-                        started_at=started,
-                        detail=f"cancel sweep sent, {len(still)} day order(s) still open: "
-                        f"{_list(still)}",
-                        evidence=evidence,
-                    )
+        async def probe(name: str, db: Database) -> Outcome:
+            started = utcnow()
+            cfg = _cfg(db)
+            before = await open_orders(name, cfg)
+            kept = [_brief(o) for o in before if o.get("tif") != "DAY"]
+            day_open = [o["order_id"] for o in before if o.get("tif") == "DAY"]
+            evidence: dict[str, Any] = {"kept_open": kept, "open_day_orders": day_open}
+            note = f"; {len(kept)} GTC/GTD order(s) kept open" if kept else ""
+            if not day_open:
                 return Outcome(
-                    step="day_orders",
+                    step=step.name,
                     target=name,
-                    status=Status.CHANGED,
+                    status=Status.OK,
                     started_at=started,
-                    detail=f"canceled {len(day_open)} open day order(s) by cancel sweep: "
-                    f"{_list(day_open)}; verified none left{note}",
+                    detail=f"every day order of {day} is terminal{note}",
                     evidence=evidence,
                 )
+            if not cfg.cancel_sweep:
+                return Outcome(
+                    step=step.name,
+                    target=name,
+                    status=Status.FAILED,
+                    started_at=started,
+                    detail=f"{len(day_open)} day order(s) still open: "
+                    f"{_list(day_open)} (cancel_sweep is off for {name})",
+                    evidence=evidence,
+                )
+            # The key makes the sweep idempotent at the OMS too: asked twice (a
+            # retry after a lost answer), it cancels once and answers the same.
+            request_id = completion_key(ctx, step.name, name).digest()
+            swept = await http.post(
+                sweep_url(cfg),
+                {"trade_date": day, "tif": ["DAY"], "request_id": request_id},
+                target=name,
+                timeout=cfg.timeout_s,
+            )
+            chaos.point(f"{step.name}:{name}:swept")
+            result = swept.json if isinstance(swept.json, dict) else {}
+            evidence["sweep"] = {
+                "canceled": result.get("canceled", []),
+                "effects": result.get("effects", []),
+            }
+            still = [o["order_id"] for o in await open_orders(name, cfg) if o["tif"] == "DAY"]
+            if still:
+                evidence["still_open"] = still
+                return Outcome(
+                    step=step.name,
+                    target=name,
+                    status=Status.FAILED,
+                    started_at=started,
+                    detail=f"cancel sweep sent, {len(still)} day order(s) still open: "
+                    f"{_list(still)}",
+                    evidence=evidence,
+                )
+            return Outcome(
+                step=step.name,
+                target=name,
+                status=Status.CHANGED,
+                started_at=started,
+                detail=f"canceled {len(day_open)} open day order(s) by cancel sweep: "
+                f"{_list(day_open)}; verified none left{note}",
+                evidence=evidence,
+            )
 
-            return await fan_out("day_orders", targets, idempotent(ctx, "day_orders", probe))
-
-    note = "" if targets else "no OMS with an admin_url in this region"
-    return await timed_step(ctx, "day_orders", "Day orders terminal", work(), note)
+        step.note = "" if targets else "no OMS with an admin_url in this region"
+        return await step.fan_out(ctx, targets, probe)
 
 
 def _brief(order: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +206,21 @@ def _list(items: list[str]) -> str:
 
 
 # ---- fills booked ----------------------------------------------------------------------------
-@task(name="check_fills_booked", cache_policy=NO_CACHE)
-async def check_fills_booked(ctx: RunContext) -> StepResult:
+def plan_fills_booked(p: PlanContext) -> list[PlannedAction]:
+    out = []
+    for name, db in sorted(p.estate.oms_in(p.region).items()):
+        q = _cfg(db).queries
+        out += [_sql(name, db, q.unbooked_fills), _sql(name, db, q.fill_totals)]
+    return out
+
+
+def _sql(target: str, db: Database, sql: str) -> PlannedAction:
+    return PlannedAction(
+        target=target, action=f"SQL (read-only, {db.timeout_s:g} s): {' '.join(sql.split())}"
+    )
+
+
+async def check_fills_booked(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Every fill of the day booked, and every order's cum qty = the sum of its fills."""
     params = _params(ctx)
 
@@ -193,7 +245,7 @@ async def check_fills_booked(ctx: RunContext) -> StepResult:
             ]
             problems.append(f"{len(short)} order(s) whose fills do not add up: {_list(shown)}")
         return Outcome(
-            step="fills_booked",
+            step=step.name,
             target=name,
             status=Status.FAILED if problems else Status.OK,
             started_at=started,
@@ -205,9 +257,7 @@ async def check_fills_booked(ctx: RunContext) -> StepResult:
             },
         )
 
-    return await timed_step(
-        ctx, "fills_booked", "Every fill booked", fan_out("fills_booked", _oms(ctx), probe)
-    )
+    return await step.fan_out(ctx, _oms(ctx), probe)
 
 
 # ---- reconciliation --------------------------------------------------------------------------
@@ -252,8 +302,24 @@ async def _fetch_trade_file(ctx: RunContext, name: str, cfg: OmsEod) -> tuple[st
     return local.read_text(encoding="utf-8"), evidence
 
 
-@task(name="reconcile_fills", cache_policy=NO_CACHE)
-async def reconcile_fills(ctx: RunContext) -> StepResult:
+def plan_recon(p: PlanContext) -> list[PlannedAction]:
+    out = []
+    for name, db in sorted(p.estate.oms_in(p.region).items()):
+        cfg = _cfg(db)
+        out += [_sql(name, db, cfg.queries.fills), _sql(name, db, cfg.queries.drop_copy)]
+        if cfg.trade_file:
+            tf = cfg.trade_file
+            out.append(
+                PlannedAction(
+                    target=name,
+                    action=f"sftp get {tf.host}:{tf.path_for(p.trade_date)} (sha256 verified), "
+                    "then match on ExecID, OrderID, symbol, side, quantity, price",
+                )
+            )
+    return out
+
+
+async def reconcile_fills(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """OMS fills vs drop copy vs the venue's trade file; every break listed."""
     params = _params(ctx)
 
@@ -287,7 +353,7 @@ async def reconcile_fills(ctx: RunContext) -> StepResult:
             kinds = ", ".join(f"{n} {k}" for k, n in recon.by_kind().items())
             detail = f"{len(recon.breaks)} break(s) ({kinds}); {recon.matched} fills matched"
         return Outcome(
-            step="recon",
+            step=step.name,
             target=name,
             status=Status.OK if recon.ok else Status.FAILED,
             started_at=started,
@@ -295,26 +361,23 @@ async def reconcile_fills(ctx: RunContext) -> StepResult:
             evidence=evidence,
         )
 
-    async def work() -> list[Outcome]:
-        summaries = await fan_out("recon", _oms(ctx), probe)
-        out: list[Outcome] = []
-        for summary in summaries:
-            out.append(summary)
-            for b in summary.evidence.get("breaks", []):
-                out.append(
-                    Outcome(
-                        step="recon",
-                        target=f"{summary.target}:{b['exec_id']}",
-                        status=Status.FAILED,
-                        detail=b["text"],
-                        evidence=b,
-                        started_at=summary.started_at,
-                        finished_at=summary.finished_at,
-                    )
+    summaries = await step.fan_out(ctx, _oms(ctx), probe)
+    out: list[Outcome] = []
+    for summary in summaries:
+        out.append(summary)
+        for b in summary.evidence.get("breaks", []):
+            out.append(
+                Outcome(
+                    step=step.name,
+                    target=f"{summary.target}:{b['exec_id']}",
+                    status=Status.FAILED,
+                    detail=b["text"],
+                    evidence=b,
+                    started_at=summary.started_at,
+                    finished_at=summary.finished_at,
                 )
-        return out
-
-    return await timed_step(ctx, "recon", "Three-way reconciliation", work())
+            )
+    return out
 
 
 def _executions(rows: list[dict[str, Any]]) -> list[Execution]:
@@ -322,8 +385,15 @@ def _executions(rows: list[dict[str, Any]]) -> list[Execution]:
 
 
 # ---- positions ------------------------------------------------------------------------------
-@task(name="check_positions_rolled", cache_policy=NO_CACHE)
-async def check_positions_rolled(ctx: RunContext) -> StepResult:
+def plan_positions(p: PlanContext) -> StepPlan:
+    out = []
+    for name, db in sorted(p.estate.oms_in(p.region).items()):
+        q = _cfg(db).queries
+        out += [_sql(name, db, q.start_positions), _sql(name, db, q.end_positions)]
+    return StepPlan(actions=out, note="start + fills = end per account and symbol")
+
+
+async def check_positions_rolled(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Start position + the day's fills = end position, per account and symbol."""
     params = _params(ctx)
 
@@ -350,7 +420,7 @@ async def check_positions_rolled(ctx: RunContext) -> StepResult:
             shown = [b.describe() for b in roll.breaks]
             detail = f"{len(roll.breaks)} of {roll.checked} positions off: {_list(shown)}"
         return Outcome(
-            step="positions_rolled",
+            step=step.name,
             target=name,
             status=Status.OK if roll.ok else Status.FAILED,
             started_at=started,
@@ -358,9 +428,4 @@ async def check_positions_rolled(ctx: RunContext) -> StepResult:
             evidence=evidence,
         )
 
-    return await timed_step(
-        ctx,
-        "positions_rolled",
-        "Positions rolled",
-        fan_out("positions_rolled", _oms(ctx), probe),
-    )
+    return await step.fan_out(ctx, _oms(ctx), probe)

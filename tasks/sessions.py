@@ -12,18 +12,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from openbell import chaos
 from openbell.errors import FixError
 from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import StepResult
+from openbell.plan import PlannedAction
 from openbell.runbooks.schema import Estate, FixSession
 from openbell.tasks.connectors import calendar, fix
-from openbell.tasks.context import RunContext, fan_out, in_thread
-from openbell.tasks.idempotency import idempotent
-from openbell.tasks.steps import timed_step
+from openbell.tasks.context import Changes, PlanContext, RunContext, StepRun, fan_out, in_thread
 
 
 def probe_description(session: FixSession) -> str:
@@ -37,8 +32,14 @@ def probe_description(session: FixSession) -> str:
     )
 
 
-@task(name="check_fix_sessions", cache_policy=NO_CACHE)
-async def check_fix_sessions(ctx: RunContext) -> StepResult:
+def plan_fix_sessions(p: PlanContext) -> list[PlannedAction]:
+    return [
+        PlannedAction(target=n, action=probe_description(s))
+        for n, s in sorted(p.estate.fix_sessions_in(p.region).items())
+    ]
+
+
+async def check_fix_sessions(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Every order-entry and drop-copy session of the region answers a health probe."""
     sessions = sorted(ctx.estate.fix_sessions_in(ctx.region).items())
 
@@ -50,7 +51,7 @@ async def check_fix_sessions(ctx: RunContext) -> StepResult:
             f"TestRequest answered in {r.test_request_rtt_ms:.1f} ms"
         )
         return Outcome(
-            step="fix",
+            step=step.name,
             target=name,
             status=Status.OK,
             started_at=started,
@@ -58,7 +59,7 @@ async def check_fix_sessions(ctx: RunContext) -> StepResult:
             evidence=r.evidence(),
         )
 
-    return await timed_step(ctx, "fix", "FIX sessions logged on", fan_out("fix", sessions, probe))
+    return await step.fan_out(ctx, sessions, probe)
 
 
 # ---- end of day ------------------------------------------------------------------------------
@@ -161,8 +162,77 @@ async def _read_store(ctx: RunContext, host: str, store: str) -> StoreState:
     )
 
 
-@task(name="ensure_fix_end_of_day", cache_policy=NO_CACHE)
-async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
+def plan_fix_eod(p: PlanContext) -> list[PlannedAction]:
+    """Per session: read its store, end the FIX day, then reset or keep the store."""
+    day, iso = p.trade_date, p.trade_date.isoformat()
+    reg = p.estate.region(p.region)
+    following = calendar.session_info(reg.primary_calendar, day).next_session or day
+    actions = []
+    for name, session in sorted(p.estate.fix_sessions_in(p.region).items()):
+        where = store_path(p.estate, name)
+        if where is None:
+            actions.append(PlannedAction(target=name, action="fail: no host keeps its store"))
+            continue
+        gw, store = where
+        actions += [
+            PlannedAction(target=name, action=p.ssh(gw, a)) for a in store_read_argv(store, day)
+        ]
+        actions.append(
+            PlannedAction(
+                target=name,
+                action=f"if not ended for {iso}: {session.begin_string} Logon "
+                f"{session.sender_comp_id}->{session.target_comp_id} @ {session.address}:"
+                f"{session.port} with the store's next 34 (no 141), Logout 58='End of day {iso}'",
+            )
+        )
+        if reset_due(session, day, following):
+            actions.append(
+                PlannedAction(
+                    target=name,
+                    action=f"{session.reset_policy} reset due: expect seqnums 1 : 1 after Logout",
+                )
+            )
+        else:
+            actions += [
+                PlannedAction(target=name, action="no reset tonight: " + p.ssh(gw, a))
+                for a in store_archive_argv(store, day)
+            ]
+    return actions
+
+
+async def sessions_to_end(ctx: RunContext, step: StepRun) -> Changes:
+    """The sessions whose FIX day has not ended yet: logout, then reset or store kept.
+
+    Read from each session's store on its gateway host; a session whose store cannot be
+    read is left to ``ensure_fix_end_of_day``, which reports why.
+    """
+    day = ctx.trade_date
+    info = calendar.session_info(ctx.estate.region(ctx.region).primary_calendar, day)
+    following = info.next_session or day + timedelta(days=1)
+    sessions = sorted(ctx.estate.fix_sessions_in(ctx.region).items())
+
+    async def probe(name: str, session: FixSession) -> Outcome:
+        where = store_path(ctx.estate, name)
+        if where is None:
+            return Outcome(step=step.name, target=name, status=Status.FAILED)
+        host, store = where
+        state = await _read_store(ctx, host, store)
+        kept = {argv[-1].rsplit("/", 1)[-1] for argv in store_archive_argv(store, day)}
+        todo = not state.logged_out(day) or (
+            not reset_due(session, day, following) and not kept <= set(state.files)
+        )
+        return Outcome(step=step.name, target=name, status=Status.CHANGED if todo else Status.OK)
+
+    found = await fan_out(step.name, sessions, probe)
+    todo = [o.target for o in found if o.status == Status.CHANGED]
+    return Changes(
+        targets=todo,
+        lines=[f"log out {t} for {day} and apply its reset policy" for t in todo],
+        summary=f"end the FIX day of {len(todo)} session(s) in {ctx.region.upper()}",
+    )
+
+
+async def ensure_fix_end_of_day(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Every FIX session logged out for the day; numbers reset or the store archived.
 
     Per session, from its store on the gateway host: if the store has no end of day for
@@ -183,7 +253,7 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
         where = store_path(ctx.estate, name)
         if where is None:
             return Outcome(
-                step="fix_eod",
+                step=step.name,
                 target=name,
                 status=Status.FAILED,
                 started_at=started,
@@ -215,7 +285,7 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
             if not after.reset_for(day):
                 evidence["store_after"] = after.evidence()
                 return Outcome(
-                    step="fix_eod",
+                    step=step.name,
                     target=name,
                     status=Status.FAILED,
                     started_at=started,
@@ -247,7 +317,7 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
         evidence["store_after"] = after.evidence()
         seq = f"seqnums {after.seqnums[0]}:{after.seqnums[1]}" if after.seqnums else ""
         return Outcome(
-            step="fix_eod",
+            step=step.name,
             target=name,
             status=Status.CHANGED if done else Status.OK,
             started_at=started,
@@ -256,9 +326,4 @@ async def ensure_fix_end_of_day(ctx: RunContext) -> StepResult:
             evidence=evidence,
         )
 
-    return await timed_step(
-        ctx,
-        "fix_eod",
-        "FIX sessions logged out, reset or archived",
-        fan_out("fix_eod", sessions, idempotent(ctx, "fix_eod", probe)),
-    )
+    return await step.fan_out(ctx, sessions, probe)

@@ -136,7 +136,7 @@ def entries(run_id: str, *kinds: str) -> list[Any]:
 
 
 def apps_outcomes(record: RunRecord) -> dict[str, Any]:
-    return {o.target: o for s in record.steps if s.name.startswith("apps_") for o in s.outcomes}
+    return {o.target: o for s in record.steps if s.name == "apps" for o in s.outcomes}
 
 
 def assert_nothing_started(record: RunRecord, why: str) -> None:

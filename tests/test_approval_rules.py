@@ -356,13 +356,13 @@ def test_override_counts_and_is_flagged(estate: Estate, ents: Entitlements) -> N
 
 
 def test_approver_must_also_be_entitled(tmp_path: Path, estate: Estate, ents: Entitlements) -> None:
-    # The release's own approver group: desk leads (carol, dave). Only carol may approve
+    # A runbook's own approver group: desk leads (carol, dave). Only carol may approve
     # in emea; dave approves in amer only.
-    req = request(estate, runbook="release", approver_group="desk-leads")
+    req = request(estate, runbook="eod", approver_group="desk-leads")
     v = check(req, [decision("dave"), decision("carol", minutes=7)], estate, ents)
     assert v.satisfied and v.counted == ["carol"]
     assert v.refused[0][1] == (
-        "approve by dave: not entitled (dave may not approve release in emea: no rule allows "
+        "approve by dave: not entitled (dave may not approve eod in emea: no rule allows "
         "it (default deny))"
     )
     rules = tmp_path / "entitlements.yaml"

@@ -12,10 +12,11 @@ import pytest
 
 from openbell.outcome import Outcome, Status
 from openbell.runbooks.loader import load_estate
-from openbell.tasks.archive import archive_plan, ensure_day_archived, find_argv, parse_sha256sum
+from openbell.tasks.archive import archive_plan, find_argv, parse_sha256sum
 from openbell.tasks.connectors.ssh import CommandResult, FakeSshRunner
 from openbell.tasks.context import RunContext
 from tests.fixtures.localhosts import LocalHosts
+from tests.fixtures.steps import run_declared
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 DAY = date(2026, 11, 27)
@@ -56,7 +57,7 @@ def archive(ssh: object) -> dict[str, Outcome]:
     async def go() -> dict[str, Outcome]:
         c = ctx(ssh)
         try:
-            result = await ensure_day_archived.fn(c)
+            result = await run_declared(c, "eod", "archive")
         finally:
             await c.close()
         return {o.target: o for o in result.outcomes}

@@ -10,9 +10,10 @@ import pytest
 
 from openbell.outcome import Status
 from openbell.runbooks.loader import load_estate
-from openbell.runbooks.schema import Estate, RunbookPolicy
-from openbell.tasks.close import check_market_closed, close_decision, region_close
+from openbell.runbooks.schema import EodPolicy, Estate
+from openbell.tasks.close import close_decision, region_close
 from openbell.tasks.context import RunContext
+from tests.fixtures.steps import run_declared
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 
@@ -59,7 +60,7 @@ def test_decisions() -> None:
 
 
 def gate(estate: Estate, region: str, day: date, now: datetime, **policy: object) -> object:
-    runbooks = {"eod": RunbookPolicy(**policy)}  # type: ignore[arg-type]
+    runbooks = {"eod": EodPolicy(**policy)}  # type: ignore[arg-type]
     ctx = RunContext(
         estate=estate.model_copy(update={"runbooks": runbooks}),
         region=region,
@@ -69,7 +70,7 @@ def gate(estate: Estate, region: str, day: date, now: datetime, **policy: object
         http=None,
         notifier=None,
     )
-    return asyncio.run(check_market_closed.fn(ctx, clock=lambda: now))
+    return asyncio.run(run_declared(ctx, "eod", "close", clock=lambda: now))
 
 
 def test_after_the_half_day_close_the_gate_opens(estate: Estate) -> None:

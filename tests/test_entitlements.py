@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
+from openbell import catalog
 from openbell.errors import EstateError, NotEntitledError, UnknownNameError
 from openbell.runbooks.entitlements import (
     ACTIONS,
     LAB_ENTITLEMENTS,
-    RUNBOOKS,
     Entitlements,
     load_entitlements,
     resolve_person,
@@ -120,8 +120,10 @@ def test_matrix_agrees_with_the_documented_semantics(ents: Entitlements) -> None
         if text.lstrip().startswith(("- allow:", "- deny:"))
     ]
     assert len(rule_lines) == len(raw["rules"])
-    cells = list(itertools.product(estate_raw["people"], ACTIONS, RUNBOOKS, estate_raw["regions"]))
-    assert len(cells) == 6 * 6 * 4 * 3
+    cells = list(
+        itertools.product(estate_raw["people"], ACTIONS, catalog.names(), estate_raw["regions"])
+    )
+    assert len(cells) == 6 * 6 * len(catalog.names()) * 3
     allowed = deny_won = 0
     for cell in cells:
         want, index, allow_matched = expected_rule(raw, groups, cell)
@@ -143,17 +145,16 @@ def test_matrix_agrees_with_the_documented_semantics(ents: Entitlements) -> None
 @pytest.mark.parametrize(
     ("who", "action", "runbook", "region", "allowed"),
     [
-        ("alice", "plan", "certify", "amer", True),  # everybody plans everywhere
+        ("alice", "plan", "eod", "amer", True),  # everybody plans everywhere
         ("alice", "run", "sod", "apac", True),  # apac on-call
         ("alice", "run", "sod", "emea", False),  # not emea on-call
         ("frank", "run", "eod", "emea", True),  # on call in two regions
-        ("bob", "run", "release", "emea", False),  # on-call runs sod and eod only
-        ("dave", "run", "release", "emea", True),  # desk lead
+        ("dave", "run", "eod", "emea", True),  # desk lead
         ("erin", "run", "sod", "amer", False),  # suspended: the deny wins over amer-oncall
         ("erin", "plan", "sod", "amer", True),  # the suspension is from running only
         ("erin", "approve", "eod", "amer", True),  # ... and she still approves
         ("dave", "approve", "sod", "emea", False),  # approvers approve in their region only
-        ("bob", "approve", "release", "emea", True),
+        ("bob", "approve", "eod", "emea", True),
         ("bob", "cancel", "sod", "emea", False),  # only leads cancel
         ("carol", "cancel", "eod", "apac", True),
         ("alice", "audit", "sod", "apac", False),
@@ -206,7 +207,7 @@ def test_require_raises_with_the_reason(ents: Entitlements) -> None:
 def test_unknown_question_lists_valid_names(ents: Entitlements) -> None:
     with pytest.raises(UnknownNameError, match="valid actions: approve, audit, cancel, plan"):
         ents.decide("bob", "deploy", "sod", "emea")
-    with pytest.raises(UnknownNameError, match="valid runbooks: certify, eod, release, sod"):
+    with pytest.raises(UnknownNameError, match="valid runbooks: eod, sod"):
         ents.decide("bob", "run", "*", "emea")
     with pytest.raises(UnknownNameError, match="valid regions: amer, apac, emea"):
         ents.decide("bob", "run", "sod", "europe")
@@ -215,7 +216,7 @@ def test_unknown_question_lists_valid_names(ents: Entitlements) -> None:
 def test_people_allowed(ents: Entitlements) -> None:
     assert ents.people_allowed("approve", "sod", "emea") == ["bob", "carol"]
     assert ents.people_allowed("run", "sod", "amer") == ["carol", "dave"]  # not erin
-    assert ents.people_allowed("cancel", "release", "apac") == ["carol", "dave"]
+    assert ents.people_allowed("cancel", "eod", "apac") == ["carol", "dave"]
 
 
 # ---- identities ---------------------------------------------------------------------------
@@ -299,7 +300,7 @@ def test_minimal_file_with_its_own_group(tmp_path: Path, estate: Estate) -> None
             "    runbooks: [sod, eod]\n    regions: [apac]\n",
             "    runbooks: [sod, eod, sad]\n    regions: [apac]\n",
             "rules[1].runbooks[2]",
-            "unknown runbook 'sad'; valid runbooks: *, certify, eod, release, sod",
+            "unknown runbook 'sad'; valid runbooks: *, eod, sod",
             "runbooks: [sod, eod, sad]",
         ),
         (
@@ -430,5 +431,5 @@ def test_no_rules_denies_everything(tmp_path: Path, estate: Estate) -> None:
     ents = load_entitlements(write(tmp_path, "version: 1\n"), estate)
     assert not any(
         ents.decide(*cell).allowed
-        for cell in itertools.product(estate.people, ACTIONS, RUNBOOKS, estate.regions)
+        for cell in itertools.product(estate.people, ACTIONS, catalog.names(), estate.regions)
     )

@@ -177,4 +177,62 @@ def test_lab_schedules_start_and_end_of_day() -> None:
     sod, eod = estate.policy("sod").schedule, estate.policy("eod").schedule
     assert sod is not None and (sod.at, sod.offset_minutes) == ("open", -45)
     assert eod is not None and (eod.at, eod.offset_minutes) == ("close", 20)
-    assert estate.policy("release").schedule is None
+    with pytest.raises(UnknownNameError, match="unknown runbook 'release'"):
+        estate.policy("release")
+
+
+# ---- what cannot work is refused when the file is loaded ---------------------------------------
+def test_a_duplicate_key_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    p = mutate(
+        tmp_path,
+        "known_hosts: ${OPENBELL_HOME}/lab/known_hosts\n",
+        "known_hosts: ${OPENBELL_HOME}/lab/known_hosts\nknown_hosts: /tmp/elsewhere\n",
+    )
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert exc.value.key_path == "known_hosts"
+    assert exc.value.line == 6 and "first at line 5" in str(exc.value)
+
+
+def test_an_approval_for_a_step_that_does_not_exist_lists_the_valid_ones(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "    before_close: refuse\n", "    approvals: {steps: [nonsense]}\n")
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert exc.value.key_path == "runbooks.eod.approvals.steps[0]"
+    assert "eod has no step 'nonsense'" in str(exc.value)
+    assert "steps that can wait for approval: day_orders, fix_eod, archive" in str(exc.value)
+    assert p.read_text().splitlines()[exc.value.line - 1].strip().startswith("approvals:")
+
+
+def test_an_approval_for_a_step_that_changes_nothing_is_refused(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "approvals: {steps: [apps]", "approvals: {steps: [apps, disk]")
+    with pytest.raises(EstateError, match="step 'disk' of sod changes nothing") as exc:
+        load_estate(p)
+    assert exc.value.key_path == "runbooks.sod.approvals.steps[1]"
+
+
+def test_a_policy_field_the_runbook_does_not_have_is_refused(tmp_path: Path) -> None:
+    p = mutate(
+        tmp_path,
+        "    approvals: {steps: [apps]",
+        "    before_close: wait\n    approvals: {steps: [apps]",
+    )
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert exc.value.key_path == "runbooks.sod.before_close"
+    assert "unknown key 'before_close'" in str(exc.value)
+
+
+def test_an_unknown_runbook_lists_the_declared_ones(tmp_path: Path) -> None:
+    p = mutate(tmp_path, "  eod:\n", "  eodd:\n")
+    with pytest.raises(UnknownNameError, match="unknown runbook 'eodd'; valid runbooks: eod, sod"):
+        load_estate(p)
+
+
+def test_a_sql_check_for_a_step_no_runbook_runs_is_refused(tmp_path: Path) -> None:
+    text = LAB.read_text()
+    assert "step: refdata" in text
+    p = write(tmp_path, text.replace("step: refdata", "step: refdta", 1))
+    with pytest.raises(EstateError, match="refdta") as exc:
+        load_estate(p)
+    assert "refdata" in str(exc.value)  # the valid ones are listed

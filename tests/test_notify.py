@@ -68,7 +68,7 @@ MIXED = [
         "1 of 2 hosts over 90%",
         [TargetNotice("emea-app1:/", Status.FAILED, "93% used")],
     ),
-    StepNotice("apps_tier0", Status.CHANGED, "started emea-refdata"),
+    StepNotice("apps", Status.CHANGED, "started emea-refdata"),
     (
         "fix",
         Status.UNKNOWN,

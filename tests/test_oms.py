@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from openbell import catalog
 from openbell.lab import oms, trades
 from openbell.lab.faults import Fault
 from openbell.outcome import Status
@@ -29,6 +30,7 @@ from openbell.tasks.oms import (
     reconcile_fills,
 )
 from tests.fixtures.localhosts import LocalHosts
+from tests.fixtures.steps import run_declared
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 DAY = date(2026, 11, 27)
@@ -88,10 +90,13 @@ def make_ctx(estate: Estate, ssh: Any = None, http: Callable[[], Any] | None = N
     )
 
 
-def run(step: Any, ctx: RunContext) -> StepResult:
+def run(work: Any, ctx: RunContext) -> StepResult:
+    """Run end of day's step whose work is ``work``."""
+    (name,) = [s.name for s in catalog.get("eod").steps if s.run is work]
+
     async def go() -> StepResult:
         try:
-            return await step.fn(ctx)
+            return await run_declared(ctx, "eod", name)
         finally:
             await ctx.close()
 

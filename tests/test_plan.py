@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from openbell import catalog
 from openbell.errors import UnknownNameError
-from openbell.flows.plan import build_sod_plan
+from openbell.flows.plan import build_plan, redo_steps
+from openbell.plan import Plan
 from openbell.runbooks.loader import load_estate
+from openbell.runbooks.schema import Estate
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 
@@ -17,6 +20,14 @@ LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 @pytest.fixture(scope="module")
 def estate():  # type: ignore[no-untyped-def]
     return load_estate(LAB)
+
+
+def build_sod_plan(estate: Estate, region: str, day: date) -> Plan:
+    return build_plan(catalog.get("sod"), estate, region, day)
+
+
+def build_eod_plan(estate: Estate, region: str, day: date) -> Plan:
+    return build_plan(catalog.get("eod"), estate, region, day)
 
 
 def test_holiday_skips_with_reason(estate) -> None:  # type: ignore[no-untyped-def]
@@ -42,8 +53,7 @@ def test_half_day_is_noted(estate) -> None:  # type: ignore[no-untyped-def]
 def test_session_plan_has_every_step_with_exact_commands(estate) -> None:  # type: ignore[no-untyped-def]
     plan = build_sod_plan(estate, "emea", date(2026, 11, 24))
     names = [s.name for s in plan.steps]
-    assert names[:5] == ["calendar", "disk", "clock", "fix_store", "logs"]
-    assert [n for n in names if n.startswith("apps_tier")] == [f"apps_tier{i}" for i in range(5)]
+    assert names[:6] == ["calendar", "disk", "clock", "fix_store", "logs", "apps"]
     for step in (
         "fix",
         "feeds",
@@ -58,12 +68,20 @@ def test_session_plan_has_every_step_with_exact_commands(estate) -> None:  # typ
     assert names[-1] == "signoff"
     disk = next(s for s in plan.steps if s.name == "disk")
     assert disk.actions[0].action == "ssh openbell@emea-app1 (127.0.0.1:42211) $ df -P -k ."
-    tier1 = next(s for s in plan.steps if s.name == "apps_tier1")
-    assert tier1.after == ["apps_tier0"]
-    assert any(
-        "bin/appctl start emea-risk" in a.action and a.action.startswith("if down:")
-        for a in tier1.actions
+    apps = next(s for s in plan.steps if s.name == "apps")
+    assert apps.after == ["calendar"]
+    assert apps.note == (
+        "in dependency order: tier 0: emea-refdata; tier 1: emea-risk; tier 2: emea-oms; "
+        "tier 3: emea-fixgw; tier 4: emea-algo"
     )
+    starts = [a.action for a in apps.actions if a.action.startswith("if down:")]
+    assert [a.rsplit(" ", 1)[-1] for a in starts] == [
+        "emea-refdata",
+        "emea-risk",
+        "emea-oms",
+        "emea-fixgw",
+        "emea-algo",
+    ]
     fix = next(s for s in plan.steps if s.name == "fix")
     assert any("FIX.4.4" in a.action and "108=30" in a.action for a in fix.actions)
     refdata = next(s for s in plan.steps if s.name == "refdata")
@@ -82,8 +100,6 @@ def test_unknown_region(estate) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_eod_plan_on_a_half_day_lists_every_step_and_target(estate) -> None:  # type: ignore[no-untyped-def]
-    from openbell.flows.plan import build_eod_plan
-
     plan = build_eod_plan(estate, "amer", date(2026, 11, 27))
     assert plan.runbook == "eod" and plan.runs
     assert [s.name for s in plan.steps] == [
@@ -111,8 +127,6 @@ def test_eod_plan_on_a_half_day_lists_every_step_and_target(estate) -> None:  # 
 
 
 def test_eod_plan_keeps_the_store_when_no_reset_is_due(estate) -> None:  # type: ignore[no-untyped-def]
-    from openbell.flows.plan import build_eod_plan
-
     plan = build_eod_plan(estate, "amer", date(2026, 11, 24))  # a Tuesday
     fix = {s.name: s for s in plan.steps}["fix_eod"]
     dc = [a.action for a in fix.actions if a.target == "amer-dc"]
@@ -121,8 +135,13 @@ def test_eod_plan_keeps_the_store_when_no_reset_is_due(estate) -> None:  # type:
 
 
 def test_eod_plan_on_a_holiday_is_only_the_calendar(estate) -> None:  # type: ignore[no-untyped-def]
-    from openbell.flows.plan import build_eod_plan
-
     plan = build_eod_plan(estate, "emea", date(2026, 12, 25))
     assert not plan.runs and [s.name for s in plan.steps] == ["calendar"]
     assert "Christmas" in (plan.skip_reason or "")
+
+
+def test_from_step_redoes_that_step_and_the_ones_after_it() -> None:
+    assert sorted(redo_steps(catalog.get("eod"), "archive")) == ["archive", "disk_after_archive"]
+    assert redo_steps(catalog.get("sod"), None) == frozenset()
+    with pytest.raises(UnknownNameError, match="unknown sod step 'apps_tier0'; valid sod steps"):
+        redo_steps(catalog.get("sod"), "apps_tier0")

@@ -15,9 +15,10 @@ from openbell.outcome import Status
 from openbell.runbooks.schema import FixSession
 from openbell.settings import get_settings
 from openbell.tasks.context import RunContext
-from openbell.tasks.sessions import ensure_fix_end_of_day, parse_seqnums, reset_due
+from openbell.tasks.sessions import parse_seqnums, reset_due
 from tests.fixtures.fix import eod_estate, running_venue
 from tests.fixtures.localhosts import LocalHosts
+from tests.fixtures.steps import run_declared
 
 FRI, MON, TUE = date(2026, 11, 27), date(2026, 11, 30), date(2026, 12, 1)
 
@@ -82,8 +83,8 @@ def run_eod_twice(home: Path, day: date) -> tuple[Any, Any, LocalHosts]:
     async def main() -> tuple[Any, Any]:
         async with running_venue(estate, FaultBook(home / "lab" / "faults.json")):
             first_ctx, second_ctx = ctx(), ctx()
-            first = await ensure_fix_end_of_day.fn(first_ctx)
-            second = await ensure_fix_end_of_day.fn(second_ctx)
+            first = await run_declared(first_ctx, "eod", "fix_eod")
+            second = await run_declared(second_ctx, "eod", "fix_eod")
             await first_ctx.close()
             await second_ctx.close()
             return first, second
@@ -127,6 +128,6 @@ def test_a_session_without_a_store_host_fails_with_the_reason(home: Path) -> Non
         http=None,
         notifier=None,
     )
-    result = asyncio.run(ensure_fix_end_of_day.fn(ctx))
+    result = asyncio.run(run_declared(ctx, "eod", "fix_eod"))
     assert {o.status for o in result.outcomes} == {Status.FAILED}
     assert "no gateway host with a fix_store_dir" in result.outcomes[0].detail

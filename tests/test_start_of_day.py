@@ -65,7 +65,7 @@ def test_run_starts_what_is_down_then_a_rerun_changes_nothing(lab) -> None:  # t
 
     first = run(path, estate)
     assert first.passed, [(s.name, s.summary()) for s in first.steps if not s.passed]
-    apps = outcomes(first, "apps_tier")
+    apps = outcomes(first, "apps")
     assert len(apps) == targets
     assert {o.status for o in apps} == {Status.CHANGED}
     assert all(o.detail.startswith("started; healthy, version") for o in apps)
@@ -73,7 +73,7 @@ def test_run_starts_what_is_down_then_a_rerun_changes_nothing(lab) -> None:  # t
     second = run(path, estate)
     assert second.passed
     assert second.counts().get("changed", 0) == 0
-    assert {o.status for o in outcomes(second, "apps_tier")} == {Status.OK}
+    assert {o.status for o in outcomes(second, "apps")} == {Status.OK}
     expected = {
         "disk",
         "clock",
@@ -143,12 +143,12 @@ FAULTS = [
     ("host_blackhole", "host", {}, "clock", Status.FAILED, ["no SSH banner"]),
     ("slow_host", "host", {"seconds": 30}, "disk", Status.UNKNOWN, ["no exit status within"]),
     ("clock_offset", "host", {"us": 5000}, "clock", Status.FAILED, ["exceeds algo tier"]),
-    ("app_fails_to_start", "app", {}, "apps_tier", Status.FAILED, ["refused to start"]),
+    ("app_fails_to_start", "app", {}, "apps", Status.FAILED, ["refused to start"]),
     (
         "wrong_version",
         "app",
         {"version": "0.0.1"},
-        "apps_tier",
+        "apps",
         Status.FAILED,
         ["0.0.1", "expected"],
     ),
@@ -213,7 +213,7 @@ def test_dependents_of_an_app_that_did_not_start_are_skipped(lab) -> None:  # ty
     book.add("app_fails_to_start", root)
     assert supervisor.wait_faults_applied(timeout_s=10)
     record = run(path, estate)
-    skipped = [o for o in outcomes(record, "apps_tier") if o.status == Status.SKIPPED]
+    skipped = [o for o in outcomes(record, "apps") if o.status == Status.SKIPPED]
     dependents = {n for n, a in estate.apps_in("emea").items() if root in a.depends_on}
     assert dependents and dependents <= {o.target.split("@")[0] for o in skipped}
     assert all(

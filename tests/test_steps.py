@@ -12,11 +12,11 @@ import pytest
 
 from openbell.outcome import Status
 from openbell.runbooks.loader import load_estate
-from openbell.tasks.apps import apps_not_up, ensure_apps_running
 from openbell.tasks.connectors.ssh import CommandResult, FakeSshRunner
 from openbell.tasks.context import RunContext
 from openbell.tasks.feeds import judge_feed
-from openbell.tasks.hosts import check_clock, parse_chronyc, parse_df
+from openbell.tasks.hosts import parse_chronyc, parse_df
+from tests.fixtures.steps import run_declared
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 
@@ -99,14 +99,9 @@ def make_ctx(ssh: Any, http: Any) -> RunContext:
 
 def _ensure_all(ctx: RunContext) -> list[Status]:
     async def go() -> list[Status]:
-        statuses: list[Status] = []
-        failed: set[str] = set()
-        for tier, apps in enumerate(ctx.estate.app_tiers("emea")):
-            result = await ensure_apps_running.fn(ctx, tier, apps, failed)
-            failed |= apps_not_up(result)
-            statuses += [o.status for o in result.outcomes]
+        result = await run_declared(ctx, "sod", "apps")
         await ctx.close()
-        return statuses
+        return [o.status for o in result.outcomes]
 
     return asyncio.run(go())
 
@@ -152,7 +147,7 @@ def test_clock_outside_tier_fails_with_the_numbers() -> None:
 
     async def go() -> Any:
         try:
-            return await check_clock.fn(ctx)
+            return await run_declared(ctx, "sod", "clock")
         finally:
             await ctx.close()
 

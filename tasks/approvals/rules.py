@@ -41,8 +41,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
 
+from openbell import catalog
 from openbell.errors import ApprovalRuleError, UnknownNameError
-from openbell.runbooks.entitlements import RUNBOOKS, Entitlements, identity_index
+from openbell.runbooks.entitlements import Entitlements, identity_index
 from openbell.runbooks.schema import Estate, Model
 
 #: How long a request stays open unless the caller says otherwise.
@@ -128,7 +129,7 @@ class ApprovalRequest(Model):
         Args:
             estate: gives the region's approver group.
             run_id: the run.
-            runbook: one of ``sod``, ``eod``, ``release``, ``certify``.
+            runbook: a runbook key (``sod``, ``eod``...).
             region: a region of the estate.
             step: the step that needs approval.
             requester: the identity that started the run.
@@ -149,8 +150,8 @@ class ApprovalRequest(Model):
             >>> req.approver_group, req.expires_at - req.created_at  # doctest: +SKIP
             ('emea-approvers', datetime.timedelta(seconds=3600))
         """
-        if runbook not in RUNBOOKS:
-            raise UnknownNameError("runbook", runbook, RUNBOOKS)
+        if runbook not in catalog.runbooks():
+            raise UnknownNameError("runbook", runbook, catalog.names())
         key = region.lower()
         group = approver_group or estate.region(key).approver_group
         required = max(required_approvers, EMERGENCY_APPROVERS) if emergency else required_approvers

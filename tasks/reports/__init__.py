@@ -1,1 +1,1 @@
-"""Reports rendered from the ledger alone: a run's report and the daily rollup, with their templates."""
+"""Reports rendered from the ledger alone: a run's report and the daily rollup, and templates."""
