@@ -464,3 +464,16 @@ def test_catchup_of_an_unknown_runbook_lists_the_registered_ones() -> None:
     result = invoke("catchup", "eodx", "--region", "emea", "--estate", str(LAB))
     assert result.exit_code == 2
     assert "unknown runbook 'eodx'; valid runbooks: eod, sod" in one_error_line(result)
+
+
+def test_validate_refuses_an_approval_for_a_step_end_of_day_does_not_have(tmp_path: Path) -> None:
+    text = LAB.read_text().replace(
+        "    before_close: refuse\n", "    approvals: {steps: [nonsense]}\n"
+    )
+    bad = tmp_path / "lab.yaml"
+    bad.write_text(text)
+    shutil.copy(LAB.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1
+    assert "runbooks.eod.approvals.steps[0]: eod has no step 'nonsense'" in result.output
+    assert "steps that can wait for approval: day_orders, fix_eod, archive" in result.output

@@ -206,3 +206,72 @@ def test_a_holiday_is_skipped_and_a_dry_run_only_plans(lab) -> None:  # type: ig
     assert dry.steps == [] and dry.plan is not None
     assert [s["name"] for s in dry.plan["steps"]][:3] == ["calendar", "close", "day_orders"]
     assert len(effects().read()) == before
+
+
+def test_logout_waits_for_a_second_person_where_the_estate_says_so(  # type: ignore[no-untyped-def]
+    lab, tmp_path: Path
+) -> None:
+    """``runbooks.eod.approvals: {steps: [fix_eod]}``: nothing is logged out before a second
+    person approves exactly the sessions to end; the requester cannot approve it."""
+    import shutil
+    import threading
+    import time
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from openbell.deployments.cli import app
+    from openbell.tasks.approvals.gate import pending_requests
+    from openbell.tasks.ledger import Ledger
+
+    path, estate, _ = lab
+    region = "apac"
+    doc = yaml.safe_load(path.read_text())
+    doc["runbooks"]["eod"]["approvals"] = {"steps": ["fix_eod"], "ttl_minutes": 5}
+    gated = tmp_path / "estate.yaml"
+    gated.write_text(yaml.safe_dump(doc, sort_keys=False))
+    shutil.copy(path.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
+    day = calendar.previous_session(estate.region(region).primary_calendar, date.today())
+    sessions = sorted(estate.fix_sessions_in(region))
+    logouts = [f"{s}|{day.isoformat()}" for s in sessions]
+    done: dict[str, Any] = {}
+    started = time.time()
+    thread = threading.Thread(
+        target=lambda: done.update(
+            record=run_runbook("eod", region, day, estate=gated, operator=f"{region}-oncall")
+        ),
+        daemon=True,
+    )
+    thread.start()
+    deadline = time.monotonic() + 180
+    waiting = []
+    while not waiting and time.monotonic() < deadline:
+        with Ledger() as ledger:
+            waiting = [
+                r
+                for r in pending_requests(ledger)
+                if r.request.runbook == "eod"
+                and r.request.region == region
+                and r.request.created_at.timestamp() >= started
+            ]
+        assert thread.is_alive(), "end of day ended without asking for approval"
+        time.sleep(0.5)
+    assert waiting, "no approval request"
+    req = waiting[-1]
+    assert req.request.step == "fix_eod"
+    assert sorted(c.split()[2] for c in req.changes) == sessions
+    assert all(not effects().read(kind="fix_logout", key=k) for k in logouts)  # not yet
+    cli = CliRunner()
+    own = cli.invoke(
+        app, ["approve", req.request.run_id, "--as", f"{region}-oncall", "--reason", "x"]
+    )
+    assert own.exit_code != 0 and "cannot decide on their own change" in own.output
+    ok = cli.invoke(
+        app, ["approve", req.request.run_id, "--as", f"{region}-lead", "--reason", "ok"]
+    )
+    assert ok.exit_code == 0, ok.output
+    thread.join(180)
+    record = done["record"]
+    assert {o.status for o in step(record, "fix_eod")} == {Status.CHANGED}
+    assert record.approvals[0].step == "fix_eod" and record.approvals[0].status == "approved"
+    assert all(len(effects().read(kind="fix_logout", key=k)) == 1 for k in logouts)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +147,46 @@ def test_from_step_redoes_that_step_and_the_ones_after_it() -> None:
     assert redo_steps(catalog.get("sod"), None) == frozenset()
     with pytest.raises(UnknownNameError, match="unknown sod step 'apps_tier0'; valid sod steps"):
         redo_steps(catalog.get("sod"), "apps_tier0")
+
+
+# ---- the same plans as before runbooks were declarations -------------------------------------
+BEFORE = Path(__file__).resolve().parent / "fixtures" / "plans_before_declarations.json"
+
+
+def _fold_app_tiers(plan: dict[str, Any]) -> dict[str, Any]:
+    """The old plan with its ``apps_tier<N>`` steps as the one ``apps`` step (tier order)."""
+    steps: list[dict[str, Any]] = []
+    apps: dict[str, Any] | None = None
+    for s in plan["steps"]:
+        if s["name"].startswith("apps_tier"):
+            if apps is None:
+                apps = {**s, "name": "apps", "title": "Apps running", "after": ["calendar"]}
+                apps["actions"] = []
+                steps.append(apps)
+            apps["actions"] += s["actions"]
+        else:
+            steps.append(s)
+    for s in steps:
+        tiers = ["apps" if a.startswith("apps_tier") else a for a in s["after"]]
+        s["after"] = list(dict.fromkeys(tiers))
+    return {**plan, "steps": steps}
+
+
+@pytest.mark.parametrize("key", sorted(json.loads(BEFORE.read_text())))
+def test_plans_are_the_same_as_before_the_declarations(
+    key: str, estate: Estate, openbell_home: Path
+) -> None:
+    """Plans recorded from the hand-written planners (commit 106757b), for the lab estate.
+
+    One thing differs on purpose: the apps step has one name now, so the old steps
+    ``apps_tier0``... are folded into it, in order, and it notes the tiers.
+    """
+    runbook, region, day = key.split("/")
+    before = _fold_app_tiers(json.loads(BEFORE.read_text())[key])
+    plan = build_plan(catalog.get(runbook), estate, region, date.fromisoformat(day))
+    now = json.loads(plan.model_dump_json().replace(str(openbell_home), "$OPENBELL_HOME"))
+    for step in now["steps"]:
+        if step["name"] == "apps":
+            assert step["note"].startswith("in dependency order: tier 0: ")
+            step["note"] = ""
+    assert now == before

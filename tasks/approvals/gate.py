@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -453,7 +454,8 @@ async def _pause(step: str, n: int, until: datetime) -> tuple[bool, ApprovalInpu
             wait_for_input=ApprovalInput,
             timeout=max(1, math.ceil(remaining)) + GRACE_S,
             poll_interval=POLL_S,
-            key=f"approval-{step}-{n}",
+            # Prefect takes only lowercase letters, digits and dashes in a key (fix_eod).
+            key=f"approval-{re.sub('[^a-z0-9-]', '-', step.lower())}-{n}",
         )
     except FlowPauseTimeout:
         return False, None

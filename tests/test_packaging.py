@@ -1,0 +1,71 @@
+"""Installed, openbell is one import name: nothing in a working directory can stand in for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(out), str(REPO)],
+        check=True,
+        cwd=out,
+        env={**os.environ, "PIP_NO_INPUT": "1"},
+    )  # fmt: skip
+    (found,) = out.glob("openbell-*.whl")
+    return found
+
+
+def test_the_wheel_has_one_top_level_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/", 1)[0] for n in names}
+    assert tops == {"openbell", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    for data in (
+        "openbell/runbooks/lab.yaml",
+        "openbell/runbooks/entitlements.yaml",
+        "openbell/tasks/reports/templates/run.html.j2",
+        "openbell/tasks/ledger/migrations/script.py.mako",
+        "openbell/lab/bin/appctl",
+        "openbell/flows/start_of_day.py",
+    ):
+        assert data in names, data
+    assert not any(n.startswith(("openbell/flows/flows", "tests/", "benchmarks/")) for n in names)
+
+
+@pytest.mark.integration
+def test_a_run_started_beside_its_own_tasks_and_flows_runs_openbells_code(
+    tmp_path: Path, prefect_server: str, openbell_home: Path
+) -> None:
+    """A worker's directory may hold a ``tasks.py`` or a ``flows/`` of its own: the current
+    directory comes first on ``sys.path`` (``python -m``, Prefect's entrypoint loader)."""
+    marker = tmp_path / "imported"
+    trap = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\nraise SystemExit(97)\n"
+    (tmp_path / "tasks.py").write_text(trap)
+    (tmp_path / "runbooks.py").write_text(trap)
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "__init__.py").write_text(trap)
+    (tmp_path / "deployments").mkdir()
+    (tmp_path / "deployments" / "__init__.py").write_text(trap)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "OPENBELL_HOME": str(openbell_home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "openbell.deployments.cli", "run", "sod", "--region", "emea",
+         "--date", "2026-11-24", "--dry-run", "--json", "--as", "carol"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert not marker.exists(), marker.read_text()
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    assert (record["runbook"], record["dry_run"], record["region"]) == ("sod", True, "emea")
+    assert [s["name"] for s in record["plan"]["steps"]][:3] == ["calendar", "disk", "clock"]
