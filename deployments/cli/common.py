@@ -1,0 +1,147 @@
+"""What the command modules share: the consoles, one-red-line errors, option types, checks.
+
+Errors, as :func:`friendly` turns them into one red line and an exit code::
+
+    OpenbellError     (openbell.errors) exit code 1
+     └── CliError     a usage problem: exit code 2
+    KeyboardInterrupt "interrupted": exit code 130
+
+:func:`command` registers a function on a Typer with :func:`friendly` around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from openbell.flows.runbook import Runbook
+
+from openbell.errors import OpenbellError, UnknownNameError
+from openbell.secrets import redact
+from openbell.settings import get_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# soft_wrap: a line longer than the terminal stays one line (paths and commands are
+# copied from here), and what a test or a script reads does not depend on its width.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+Region = Annotated[str, typer.Option("--region", "-r", help="region name, e.g. emea")]
+DateOpt = Annotated[
+    str | None, typer.Option("--date", "-d", help="trade date YYYY-MM-DD (default: today)")
+]
+EstateOpt = Annotated[
+    Path | None, typer.Option("--estate", help="estate YAML (default OPENBELL_ESTATE)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+FromStep = Annotated[
+    str | None,
+    typer.Option("--from-step", help="re-do this step and the ones after it"),
+]
+AsOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="who you are (default: OPENBELL_OPERATOR, else your login)"),
+]
+
+
+class CliError(OpenbellError):
+    """A usage problem: one line, exit code 2."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(
+        f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True, markup=True
+    )
+    raise typer.Exit(code)
+
+
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn openbell errors into one red line and an exit code (2 for usage, else 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CliError as exc:
+            fail(str(exc), code=2)
+        except OpenbellError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+
+    return wrapper
+
+
+def command(
+    target: typer.Typer, name: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``@target.command`` with friendly errors."""
+
+    def deco(fn: Callable[P, R]) -> Callable[P, R]:
+        target.command(name)(friendly(fn))
+        return fn
+
+    return deco
+
+
+def parse_date(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CliError(
+            f"--date {text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-24"
+        ) from None
+
+
+def check_runbook(runbook: str) -> Runbook:
+    """The declared runbook ``runbook`` (any case), or a usage error listing them."""
+    from openbell import catalog
+
+    try:
+        return catalog.get(runbook)
+    except UnknownNameError:
+        raise CliError(
+            f"unknown runbook {runbook!r}; valid runbooks: {', '.join(catalog.names())}"
+        ) from None
+
+
+def whoami(given: str | None) -> str:
+    """The identity a command acts as: ``--as``, else OPENBELL_OPERATOR, else the login."""
+    return given or get_settings().operator or getpass.getuser()
+
+
+def require_entitled(
+    estate: Any, who: str, action: str, runbook: str, region: str, run_id: str | None = None
+) -> None:
+    """Refuse (and record the refusal in the ledger) unless the rules allow it."""
+    from openbell.runbooks.entitlements import entitlements_for
+    from openbell.tasks.ledger import Ledger
+
+    decision = entitlements_for(estate).decide(who, action, runbook, region)
+    if decision.allowed:
+        return
+    with Ledger() as ledger:
+        ledger.record_refusal(
+            who=who,
+            action=action,
+            runbook=runbook,
+            region=region.lower(),
+            reason=decision.reason,
+            rule=decision.rule,
+            run_id=run_id,
+        )
+    hint = "" if decision.person else " (say who you are with --as or OPENBELL_OPERATOR)"
+    raise OpenbellError(f"refused: {decision.reason}{hint}")
