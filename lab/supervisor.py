@@ -2,7 +2,7 @@
 
 Inside the lab process (``python -m openbell.lab.run --estate PATH``), :func:`serve` starts every
 component of the estate — SSH hosts, the OMS databases and their admin APIs, the feed
-servers and the FIX venue (``lab.fix_venue.start_fix_venue``, if present) — then watches
+servers and the FIX venue (``lab.venue.start_fix_venue``, if present) — then watches
 the fault file: ``host_down`` opens/closes listeners, ``missing_refdata`` deletes/restores
 rows and the trade breaks rewrite the days they fall on, as faults come and go. It
 rotates host logs daily and stops cleanly on SIGTERM.
@@ -451,21 +451,19 @@ class Lab:
 
 
 async def _start_fix_venue(estate: Estate, book: FaultBook) -> list[Any] | None:
-    """Start the FIX venue if ``lab.fix_venue.start_fix_venue`` exists, else None."""
+    """Start the FIX venue if ``lab.venue.start_fix_venue`` exists, else None."""
     if not estate.fix_sessions:
         return []
     try:
-        from openbell.lab import fix_venue
+        from openbell.lab import venue
     except ModuleNotFoundError as exc:
-        if exc.name != "openbell.lab.fix_venue":
+        if exc.name != "openbell.lab.venue":
             raise
-        log.warning("openbell.lab.fix_venue is not there yet; FIX sessions will not answer")
+        log.warning("openbell.lab.venue is not there yet; FIX sessions will not answer")
         return None
-    start = getattr(fix_venue, "start_fix_venue", None)
+    start = getattr(venue, "start_fix_venue", None)
     if start is None:
-        log.warning(
-            "openbell.lab.fix_venue has no start_fix_venue yet; FIX sessions will not answer"
-        )
+        log.warning("openbell.lab.venue has no start_fix_venue yet; FIX sessions will not answer")
         return None
     return list(await start(estate, book))
 

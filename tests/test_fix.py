@@ -21,7 +21,7 @@ from openbell.errors import (
     FixTimeoutError,
 )
 from openbell.lab.faults import FaultBook
-from openbell.lab.fix_venue import FixVenue
+from openbell.lab.venue import FixVenue
 from openbell.runbooks.schema import Estate, FixSession
 from openbell.settings import get_settings
 from openbell.tasks.connectors.fix import (

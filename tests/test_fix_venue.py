@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from openbell.lab.faults import FaultBook
-from openbell.lab.fix_venue import LOGON_REJECTED_TEXT, FixVenue, start_fix_venue
+from openbell.lab.venue import LOGON_REJECTED_TEXT, FixVenue, start_fix_venue
 from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
 from tests.fixtures.fix import VENUE_ID, FixPeer, eod_estate, field, fix_estate, running_venue

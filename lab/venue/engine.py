@@ -1,10 +1,7 @@
-"""The lab's FIX venue: a session-layer acceptor for every FIX session in the estate.
+"""The venue's session engine: one TCP connection, from its Logon to its end.
 
-One TCP listener per distinct (address, port) among ``estate.fix_sessions``; a
-connection belongs to the session whose CompIDs it logs on with (the firm's
-SenderCompID is the session's ``sender_comp_id``, the venue answers as its
-``target_comp_id``). It speaks FIX.4.2, FIX.4.4 and FIXT.1.1 and behaves like a
-QuickFIX acceptor, so that what passes here passes at a real venue:
+``Conversation`` behaves like a QuickFIX acceptor, so that what passes here passes at a
+real venue:
 
 - The first message must be a Logon with the session's BeginString and CompIDs, 98=0,
   an integer 108 >= 0 (0: no heartbeats), and on FIXT.1.1 a 1137 DefaultApplVerID;
@@ -16,8 +13,7 @@ QuickFIX acceptor, so that what passes here passes at a real venue:
   one is ignored without consuming a sequence number, as the FIX spec says.
 - SendingTime (52) more than 120 s from the venue's clock: Reject 373=10, Logout,
   disconnect.
-- Sequence numbers live in memory per session, across connections (not across
-  restarts). 141=Y on the Logon resets both sides to 1. Too low without PossDup: Logout
+- 141=Y on the Logon resets both sides to 1. Too low without PossDup: Logout
   "MsgSeqNum too low, expecting N but received M" (with 789=N on FIX.4.4 and later),
   disconnect. Too high: a ResendRequest (7=expected, 16=0) goes out, once per gap, and
   the message waits in a queue, as in QuickFIX, until the gap is filled; a gap fill that
@@ -28,62 +24,43 @@ QuickFIX acceptor, so that what passes here passes at a real venue:
   messages: BusinessMessageReject 380=3 (orders come later).
 - Timers (HeartBtInt H from the Logon): a Heartbeat after H without sending, a
   TestRequest after 1.2 H without receiving, a disconnect after 2.4 H.
+- A Logout whose 58 reads ``End of day YYYY-MM-DD`` ends the session's FIX day: it is
+  recorded in the lab's effects log and the reset policy applied (see the package
+  docstring).
 
-End of the FIX day: a Logout from the firm whose 58 reads ``End of day YYYY-MM-DD`` is
-answered, then the venue applies the session's ``reset_policy`` for that trade date:
-``daily`` resets both sides to 1; ``weekly`` resets when the ``reset_weekday`` falls
-after the trade date and no later than the next session of the region's primary
-calendar (a Friday's end of day resets a Sunday-reset session); ``never`` keeps the
-numbers. Each end of day is one ``fix_logout`` line in the lab's effects log
-(``lab.effects``), each reset one ``fix_seq_reset`` line.
-
-The firm's FIX store: the venue also plays the firm's gateway engine, keeping the
-session's store on its gateway host (``estate.store_host``; ``fix_store_dir/<session>/``)
-the way a QuickFIX-style engine does: ``seqnums`` ("next to send : next expected", the
-firm's view, loaded at start so numbers survive a restart), ``session`` (when the store
-was created or last reset), ``messages.log`` (every message) and ``event.log`` (logons,
-logouts, resets, end of day). An end-of-day reset rotates the day's ``messages.log``
-and ``seqnums`` to ``*-YYYYMMDD`` for the end-of-day archive.
-
-Wire log: every message in and out (passwords masked) and every connection event, per
-session, in memory (``FixVenue.wire_log``) and appended to
-``OPENBELL_HOME/lab/fix/<session>.log`` as tab-separated lines
-``<UTC time>\\t<in|out|event>\\t<connection id>\\t<message with | for SOH>``, for
-certification judging. Connections that never identify themselves are logged to
-``_unidentified.log``.
-
-Faults (``lab.faults``), the ``fix_*`` ones read from the book at each logon:
-
-- ``fix_logon_rejected`` (session): Logout 58="Logon rejected: invalid username or
-  password", disconnect.
-- ``fix_seq_too_low`` (session, ``expected``, default 100): the too-low Logout with
-  789, disconnect; the venue then expects ``expected``.
-- ``latency`` (``*``, ``ms``): every answer waits ``ms`` first (read at each answer).
-
-Run it alone with ``python -m openbell.lab.fix_venue --estate runbooks/lab.yaml``.
+Every message in and out and every connection event goes to the session's wire log
+(``SessionState.record``); until the Logon names the session, to the strangers' log.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
 
 import simplefix
 
-from openbell.lab.effects import EffectsLog
-from openbell.lab.faults import FaultBook
-from openbell.runbooks.schema import Estate, FixSession
-from openbell.settings import get_settings
+from openbell.lab.venue.faults import answer_delay_s, logon_fault
+from openbell.lab.venue.session import Direction, SessionState, WireEntry
+from openbell.lab.venue.wire import (
+    LOGON_REJECTED_TEXT,
+    as_int,
+    build_message,
+    field,
+    frame_problem,
+    parse_utc,
+    too_low_text,
+    wire_text,
+)
+from openbell.runbooks.schema import FixSession
+
+if TYPE_CHECKING:
+    from openbell.lab.venue.server import Listener
 
 log = logging.getLogger(__name__)
 
@@ -97,252 +74,26 @@ DISCONNECT_AFTER = 2.4
 SERVING_CHECK_S = 1.0
 #: After our final Logout, how long to read what is still coming before closing.
 LINGER_S = 0.5
-SECRET_TAGS = frozenset({554, 925})
 END_OF_DAY = re.compile(r"^End of day (\d{4}-\d{2}-\d{2})")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-LOGON_REJECTED_TEXT = "Logon rejected: invalid username or password"
-
-Clock = Callable[[], datetime]
-Direction = Literal["in", "out", "event"]
-
-
-@dataclass(frozen=True)
-class WireEntry:
-    """One line of a session's wire log."""
-
-    at: datetime
-    direction: Direction
-    connection: int
-    text: str
-
-    def line(self) -> str:
-        """The entry as written to the log file (tabs and newlines in text escaped)."""
-        stamp = self.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        text = self.text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-        return f"{stamp}\t{self.direction}\t{self.connection}\t{text}"
-
-
-class _SessionState:
-    """The venue's side of one configured session, across connections."""
-
-    def __init__(
-        self, name: str, config: FixSession, log_path: Path, store: Path | None = None
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.log_path = log_path
-        self.store = store
-        self.next_in = 1
-        self.next_out = 1
-        self.connection: int | None = None
-        self.wire: list[WireEntry] = []
-        self._load_store()
-
-    def record(self, entry: WireEntry) -> None:
-        self.wire.append(entry)
-        _append_line(self.log_path, entry.line())
-        if self.store is not None:
-            if entry.direction == "event":
-                self.store_event(entry.text, entry.at)
-            else:
-                stamp = entry.at.astimezone(UTC).strftime("%Y%m%d-%H:%M:%S.%f")[:-3]
-                _append_line(self.store / "messages.log", f"{stamp} {entry.direction} {entry.text}")
-
-    # ---- the firm's store (the venue plays the firm's gateway engine) ------------------
-    def _load_store(self) -> None:
-        if self.store is None:
-            return
-        try:
-            text = (self.store / "seqnums").read_text()
-            firm_out, _, firm_in = text.partition(":")
-            self.next_in, self.next_out = int(firm_out), int(firm_in)
-        except (OSError, ValueError):
-            self.reset_store("store created")
-
-    def save_seqnums(self) -> None:
-        """The firm's next MsgSeqNum to send and to expect, QuickFIX's format."""
-        if self.store is not None:
-            _write_atomic(self.store / "seqnums", f"{self.next_in:010d} : {self.next_out:010d}\n")
-
-    def store_event(self, text: str, at: datetime | None = None) -> None:
-        if self.store is not None:
-            stamp = (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d-%H:%M:%S.%f")
-            _append_line(self.store / "event.log", f"{stamp[:-3]} : {text}")
-
-    def reset_store(self, why: str) -> None:
-        """Numbers back to 1 in the store, and a new creation time."""
-        if self.store is None:
-            return
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.save_seqnums()
-        _write_atomic(self.store / "session", datetime.now(UTC).strftime("%Y%m%d-%H:%M:%S") + "\n")
-        self.store_event(f"store reset: {why}")
-
-    def rotate_store(self, day: date) -> None:
-        """Keep the day's messages and final numbers as ``*-YYYYMMDD`` (once)."""
-        if self.store is None:
-            return
-        ymd = day.strftime("%Y%m%d")
-        for name in ("messages.log", "seqnums"):
-            live, dated = self.store / name, self.store / f"{name}-{ymd}"
-            if live.exists() and not dated.exists():
-                if name == "seqnums":
-                    dated.write_bytes(live.read_bytes())
-                else:
-                    live.rename(dated)
-
-
-class FixVenue:
-    """The lab venue: listeners, per-session state and wire logs.
-
-    Args:
-        estate: its ``fix_sessions`` are the sessions served.
-        book: the lab's faults.
-        log_dir: where wire logs go; defaults to ``OPENBELL_HOME/lab/fix``.
-        clock: the venue's idea of now (UTC); tests move it to skew SendingTime.
-
-    Example:
-        >>> venue = FixVenue(estate, FaultBook(tmp / "faults.json"))
-        >>> servers = await venue.start()
-        >>> ...
-        >>> await venue.close()
-    """
-
-    def __init__(
-        self,
-        estate: Estate,
-        book: FaultBook,
-        *,
-        log_dir: Path | None = None,
-        clock: Clock | None = None,
-        hosts_dir: Path | None = None,
-        effects: EffectsLog | None = None,
-    ) -> None:
-        self.book = book
-        self.estate = estate
-        self.clock: Clock = clock or (lambda: datetime.now(UTC))
-        self.log_dir = log_dir or get_settings().lab_dir / "fix"
-        self.hosts_dir = hosts_dir or get_settings().lab_dir / "hosts"
-        self.effects = effects or EffectsLog(self.log_dir.parent / "effects.jsonl")
-        self.sessions = {
-            name: _SessionState(
-                name, cfg, self.log_dir / f"{name}.log", self._store_dir(estate, name)
-            )
-            for name, cfg in estate.fix_sessions.items()
-        }
-        self.unidentified: list[WireEntry] = []
-        self.servers: list[asyncio.AbstractServer] = []
-        self._ids = itertools.count(1)
-        self._conversations: set[_Conversation] = set()
-
-    async def start(self) -> list[asyncio.AbstractServer]:
-        """Listen on every (address, port) of the estate's FIX sessions."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        by_endpoint: dict[tuple[str, int], list[_SessionState]] = {}
-        for state in self.sessions.values():
-            key = (state.config.address, state.config.port)
-            by_endpoint.setdefault(key, []).append(state)
-        for (address, port), states in sorted(by_endpoint.items()):
-            listener = _Listener(self, states)
-            server = await asyncio.start_server(listener.accept, address, port)
-            listener.server = server
-            self.servers.append(server)
-            log.info(
-                "FIX venue listening on %s:%d for %s",
-                address,
-                port,
-                ", ".join(s.name for s in states),
-            )
-        return list(self.servers)
-
-    async def close(self) -> None:
-        """Stop listening and drop every live connection."""
-        for server in self.servers:
-            server.close()
-        tasks = [conv.abort() for conv in list(self._conversations)]
-        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
-        for server in self.servers:
-            await server.wait_closed()
-
-    def wire_log(self, session: str) -> list[WireEntry]:
-        """Everything on the wire of one session since the venue started."""
-        return list(self.sessions[session].wire)
-
-    def expected_seq(self, session: str) -> int:
-        """The MsgSeqNum the venue expects next from the firm on this session."""
-        return self.sessions[session].next_in
-
-    def _store_dir(self, estate: Estate, name: str) -> Path | None:
-        host = estate.store_host(name)
-        store_dir = estate.hosts[host].fix_store_dir if host else None
-        if host is None or not store_dir:
-            return None
-        return self.hosts_dir / host / store_dir / name
-
-    def resets_after(self, session: str, day: date) -> bool:
-        """Whether the session's reset policy resets its numbers at the end of ``day``."""
-        cfg = self.sessions[session].config
-        if cfg.reset_policy != "weekly":
-            return cfg.reset_policy == "daily"
-        region = self.estate.region(cfg.region)
-        following = _next_session(region.primary_calendar, day)
-        wanted = WEEKDAYS.index(cfg.reset_weekday or "sun")
-        span = (following - day).days
-        return any((day + timedelta(days=n)).weekday() == wanted for n in range(1, span + 1))
-
-    def record_unidentified(self, entry: WireEntry) -> None:
-        self.unidentified.append(entry)
-        _append_line(self.log_dir / "_unidentified.log", entry.line())
-
-
-async def start_fix_venue(estate: Estate, book: FaultBook) -> list[asyncio.AbstractServer]:
-    """Start the lab venue for every FIX session of the estate.
-
-    Args:
-        estate: the sessions to serve (``estate.fix_sessions``).
-        book: the lab's faults, read at each logon.
-
-    Returns:
-        One listening server per distinct (address, port). Closing them stops new
-        connections; live ones end within ``SERVING_CHECK_S``. Use ``FixVenue`` directly
-        to read wire logs in memory.
-
-    Example:
-        >>> servers = await start_fix_venue(load_estate(), FaultBook(lab_dir / "faults.json"))
-    """
-    return await FixVenue(estate, book).start()
-
-
-class _Listener:
-    """One (address, port): hands each connection to a conversation."""
-
-    def __init__(self, venue: FixVenue, sessions: list[_SessionState]) -> None:
-        self.venue = venue
-        self.sessions = sessions
-        self.server: asyncio.AbstractServer | None = None
-
-    def serving(self) -> bool:
-        return self.server is not None and self.server.is_serving()
-
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conv = _Conversation(self, next(self.venue._ids), reader, writer)
-        self.venue._conversations.add(conv)
-        try:
-            await conv.run()
-        finally:
-            self.venue._conversations.discard(conv)
 
 
 class _Closed(Exception):
     """The connection is over (EOF, unparseable data, or we decided so)."""
 
 
-class _Conversation:
-    """One TCP connection: identify the session, log on, keep the session until it ends."""
+class Conversation:
+    """One TCP connection: identify the session, log on, keep the session until it ends.
+
+    Args:
+        listener: the endpoint it arrived on; its sessions are the candidates.
+        conn_id: the connection id in wire logs.
+        reader: the connection's input.
+        writer: the connection's output.
+    """
 
     def __init__(
         self,
-        listener: _Listener,
+        listener: Listener,
         conn_id: int,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -353,7 +104,7 @@ class _Conversation:
         self.reader = reader
         self.writer = writer
         self.parser = simplefix.FixParser()
-        self.state: _SessionState | None = None
+        self.state: SessionState | None = None
         self.pending: list[WireEntry] = []
         self.heartbeat_s = 30.0
         self.last_in = self.last_out = 0.0
@@ -367,6 +118,7 @@ class _Conversation:
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
+        """Serve the connection until it ends, then hang up (always)."""
         peer = self.writer.get_extra_info("peername")
         self._event(f"connected from {peer}")
         try:
@@ -431,11 +183,11 @@ class _Conversation:
         if refusal is not None:
             await self._refuse(msg, *refusal)
             return False
-        if _get(msg, 141) == "Y":
+        if field(msg, 141) == "Y":
             state.next_in = state.next_out = 1
             state.reset_store("141=Y on Logon")
             self._event("141=Y: sequence numbers reset to 1")
-        seq = _int(_get(msg, 34)) or 0
+        seq = as_int(field(msg, 34)) or 0
         fault = self._logon_fault(seq)
         if fault is not None:
             await self._logout(fault[0], fault[1])
@@ -446,8 +198,8 @@ class _Conversation:
         await self._accept_logon(msg, seq)
         return True
 
-    def _identify(self, msg: Any) -> _SessionState | None:
-        theirs = (_get(msg, 49), _get(msg, 56))
+    def _identify(self, msg: Any) -> SessionState | None:
+        theirs = (field(msg, 49), field(msg, 56))
         for state in self.listener.sessions:
             if theirs == (state.config.sender_comp_id, state.config.target_comp_id):
                 return state
@@ -456,24 +208,24 @@ class _Conversation:
     def _logon_refusal(self, msg: Any) -> tuple[str, tuple[int, int] | None] | None:
         """Why this Logon is refused: (58 text, (373 reason, 371 tag) for a Reject first)."""
         cfg = self._cfg()
-        if _get(msg, 35) != "A":
-            return f"First message not a logon (35={_get(msg, 35)})", None
-        if _get(msg, 8) != cfg.begin_string:
-            return f"Wrong BeginString: expected {cfg.begin_string}, got {_get(msg, 8)}", None
-        if _int(_get(msg, 34)) is None:
+        if field(msg, 35) != "A":
+            return f"First message not a logon (35={field(msg, 35)})", None
+        if field(msg, 8) != cfg.begin_string:
+            return f"Wrong BeginString: expected {cfg.begin_string}, got {field(msg, 8)}", None
+        if as_int(field(msg, 34)) is None:
             return "MsgSeqNum (34) missing or not a number", None
-        heartbeat = _int(_get(msg, 108))
+        heartbeat = as_int(field(msg, 108))
         checks: list[tuple[bool, str, tuple[int, int]]] = [
-            (_get(msg, 98) is not None, "EncryptMethod (98) missing", (1, 98)),
-            (_get(msg, 98) in (None, "0"), "EncryptMethod (98) must be 0", (5, 98)),
-            (_get(msg, 108) is not None, "HeartBtInt (108) missing", (1, 108)),
+            (field(msg, 98) is not None, "EncryptMethod (98) missing", (1, 98)),
+            (field(msg, 98) in (None, "0"), "EncryptMethod (98) must be 0", (5, 98)),
+            (field(msg, 108) is not None, "HeartBtInt (108) missing", (1, 108)),
             (
-                _get(msg, 108) is None or (heartbeat is not None and heartbeat >= 0),
+                field(msg, 108) is None or (heartbeat is not None and heartbeat >= 0),
                 "HeartBtInt (108) must be an integer >= 0",
                 (5, 108),
             ),
             (
-                cfg.begin_string != "FIXT.1.1" or _get(msg, 1137) is not None,
+                cfg.begin_string != "FIXT.1.1" or field(msg, 1137) is not None,
                 "DefaultApplVerID (1137) required on FIXT.1.1",
                 (1, 1137),
             ),
@@ -493,38 +245,35 @@ class _Conversation:
         cfg = self._cfg()
         if cfg.begin_string == "FIX.4.2":
             return True
-        if cfg.username and _get(msg, 553) != cfg.username:
+        if cfg.username and field(msg, 553) != cfg.username:
             return False
         password = os.environ.get(cfg.password_secret) if cfg.password_secret else None
-        return password is None or _get(msg, 554) == password
+        return password is None or field(msg, 554) == password
 
     def _logon_fault(self, seq: int) -> tuple[str, list[tuple[int, str]]] | None:
         """A fault from the book that answers this Logon: (58 text, extra fields)."""
         state = self._state()
-        book = self.venue.book
-        if book.get("fix_logon_rejected", state.name):
-            self._event("fault fix_logon_rejected")
-            return LOGON_REJECTED_TEXT, []
-        fault = book.get("fix_seq_too_low", state.name)
+        fault = logon_fault(self.venue.book, state.name, seq)
         if fault is None:
             return None
-        expected = int(fault.params.get("expected", 100))
-        self._event(f"fault fix_seq_too_low expected={expected}")
-        state.next_in = expected
-        return _too_low_text(expected, seq), self._next_expected_field(expected)
+        self._event(fault.event)
+        if fault.expected is None:
+            return fault.text, []
+        state.next_in = fault.expected
+        return fault.text, self._next_expected_field(fault.expected)
 
     async def _accept_logon(self, msg: Any, seq: int) -> None:
         state = self._state()
-        self.heartbeat_s = float(_int(_get(msg, 108)) or 0)
+        self.heartbeat_s = float(as_int(field(msg, 108)) or 0)
         state.connection = self.id
         gap = seq > state.next_in
         if not gap:
             state.next_in = seq + 1
-        body: list[tuple[int, str | None]] = [(98, "0"), (108, _get(msg, 108))]
-        if _get(msg, 141) == "Y":
+        body: list[tuple[int, str | None]] = [(98, "0"), (108, field(msg, 108))]
+        if field(msg, 141) == "Y":
             body.append((141, "Y"))
         if self._cfg().begin_string == "FIXT.1.1":
-            body.append((1137, _get(msg, 1137)))
+            body.append((1137, field(msg, 1137)))
         await self._send("A", body)
         self._event(f"logged on, HeartBtInt {self.heartbeat_s:g} s")
         if gap:
@@ -532,12 +281,12 @@ class _Conversation:
 
     async def _answer_stranger(self, msg: Any) -> None:
         """Logout to a connection whose CompIDs match no session here, then drop it."""
-        text = f"Unknown session: 49={_get(msg, 49)} 56={_get(msg, 56)}"
-        begin = _get(msg, 8) or "FIX.4.4"
-        out = _build(
+        text = f"Unknown session: 49={field(msg, 49)} 56={field(msg, 56)}"
+        begin = field(msg, 8) or "FIX.4.4"
+        out = build_message(
             begin,
-            _get(msg, 56) or "?",
-            _get(msg, 49) or "?",
+            field(msg, 56) or "?",
+            field(msg, 49) or "?",
             "5",
             1,
             self.venue.clock(),
@@ -605,13 +354,13 @@ class _Conversation:
         if time_problem is not None:
             await self._refuse(msg, *time_problem)
             return False
-        kind = _get(msg, 35)
-        seq = _int(_get(msg, 34)) or 0
+        kind = field(msg, 35)
+        seq = as_int(field(msg, 34)) or 0
         state = self._state()
-        if kind in ("2", "5") or (kind == "4" and _get(msg, 123) != "Y"):
+        if kind in ("2", "5") or (kind == "4" and field(msg, 123) != "Y"):
             return await self._unsequenced(kind, msg, seq)
         if seq < state.next_in:
-            if _get(msg, 43) == "Y":
+            if field(msg, 43) == "Y":
                 self._event(f"duplicate 34={seq} (PossDup) ignored")
                 return True
             await self._too_low(seq)
@@ -646,7 +395,7 @@ class _Conversation:
         """Handle queued messages now in sequence; drop those a gap fill skipped past."""
         state = self._state()
         while not self.ending and (msg := self.queued.pop(state.next_in, None)) is not None:
-            await self._in_sequence(_get(msg, 35), msg, state.next_in)
+            await self._in_sequence(field(msg, 35), msg, state.next_in)
         for seq in sorted(s for s in self.queued if s < state.next_in):
             del self.queued[seq]
             self._event(f"queued 34={seq} dropped: the gap was filled past it")
@@ -660,15 +409,15 @@ class _Conversation:
         if kind == "0":
             pass  # any message answers our TestRequest (see _read)
         elif kind == "1":
-            await self._send("0", [(112, _get(msg, 112))])
+            await self._send("0", [(112, field(msg, 112))])
         elif kind == "2":
             await self._gap_fill(msg)
         elif kind == "3":
-            self._event(f"session Reject received: 58={_get(msg, 58)!r}")
+            self._event(f"session Reject received: 58={field(msg, 58)!r}")
         elif kind == "5":
             await self._send("5")
             self._event("logged out at the counterparty's request")
-            day = END_OF_DAY.match(_get(msg, 58) or "")
+            day = END_OF_DAY.match(field(msg, 58) or "")
             if day:
                 self._end_of_day(date.fromisoformat(day.group(1)))
             return False
@@ -678,7 +427,7 @@ class _Conversation:
             await self._send(
                 "j",
                 [
-                    (45, _get(msg, 34)),
+                    (45, field(msg, 34)),
                     (372, kind),
                     (380, "3"),
                     (
@@ -718,7 +467,7 @@ class _Conversation:
     async def _sequence_reset(self, msg: Any, seq: int) -> bool:
         """SequenceReset (gap fill in sequence, or reset anywhere): move next_in on."""
         state = self._state()
-        new_seq = _int(_get(msg, 36))
+        new_seq = as_int(field(msg, 36))
         if new_seq is None or new_seq < state.next_in:
             await self._send(
                 "3",
@@ -740,7 +489,7 @@ class _Conversation:
     async def _gap_fill(self, msg: Any) -> None:
         """Answer a ResendRequest: all we have sent are admin messages, so gap-fill."""
         state = self._state()
-        begin = _int(_get(msg, 7)) or 1
+        begin = as_int(field(msg, 7)) or 1
         if begin >= state.next_out:
             self._event(f"ResendRequest from 7={begin}: nothing sent there yet")
             return
@@ -756,7 +505,7 @@ class _Conversation:
     # ---- refusals -------------------------------------------------------------------------
     async def _too_low(self, seq: int) -> None:
         expected = self._state().next_in
-        await self._logout(_too_low_text(expected, seq), self._next_expected_field(expected))
+        await self._logout(too_low_text(expected, seq), self._next_expected_field(expected))
 
     async def _refuse(self, msg: Any, text: str, reject: tuple[int, int] | None) -> None:
         """Reject (when a reason is given) then Logout, both with ``text``."""
@@ -765,9 +514,9 @@ class _Conversation:
             await self._send(
                 "3",
                 [
-                    (45, _get(msg, 34)),
+                    (45, field(msg, 34)),
                     (371, str(tag)),
-                    (372, _get(msg, 35)),
+                    (372, field(msg, 35)),
                     (373, str(reason)),
                     (58, text),
                 ],
@@ -785,18 +534,18 @@ class _Conversation:
 
     def _header_problem(self, msg: Any) -> str | None:
         cfg = self._cfg()
-        if _get(msg, 8) != cfg.begin_string:
-            return f"Wrong BeginString: expected {cfg.begin_string}, got {_get(msg, 8)}"
-        if (_get(msg, 49), _get(msg, 56)) != (cfg.sender_comp_id, cfg.target_comp_id):
-            return f"CompID problem: 49={_get(msg, 49)} 56={_get(msg, 56)}"
-        if _int(_get(msg, 34)) is None:
+        if field(msg, 8) != cfg.begin_string:
+            return f"Wrong BeginString: expected {cfg.begin_string}, got {field(msg, 8)}"
+        if (field(msg, 49), field(msg, 56)) != (cfg.sender_comp_id, cfg.target_comp_id):
+            return f"CompID problem: 49={field(msg, 49)} 56={field(msg, 56)}"
+        if as_int(field(msg, 34)) is None:
             return "MsgSeqNum (34) missing or not a number"
         return None
 
     def _sending_time_problem(self, msg: Any) -> tuple[str, tuple[int, int]] | None:
-        sent = _parse_utc(_get(msg, 52))
+        sent = parse_utc(field(msg, 52))
         if sent is None:
-            return f"SendingTime (52) missing or malformed: {_get(msg, 52)!r}", (1, 52)
+            return f"SendingTime (52) missing or malformed: {field(msg, 52)!r}", (1, 52)
         skew = abs((self.venue.clock() - sent).total_seconds())
         if skew > SENDING_TIME_TOLERANCE_S:
             return f"SendingTime accuracy problem: {skew:.0f} s off", (10, 52)
@@ -831,7 +580,7 @@ class _Conversation:
                 raise _Closed(f"unparseable data: {exc!r}") from None
             if msg is None:
                 return None
-            problem = _frame_problem(msg)
+            problem = frame_problem(msg)
             self._record("in", msg, f"garbled, ignored: {problem}" if problem else "")
             if problem is None:
                 return msg
@@ -848,13 +597,13 @@ class _Conversation:
         """Send one message; answers wait for the ``latency`` fault first."""
         state = self._state()
         if answer:
-            delay = self.venue.book.latency_s()
+            delay = answer_delay_s(self.venue.book)
             if delay > 0:
                 await asyncio.sleep(delay)
         if seq is None:
             seq, state.next_out = state.next_out, state.next_out + 1
         cfg = state.config
-        data = _build(
+        data = build_message(
             cfg.begin_string,
             cfg.target_comp_id,
             cfg.sender_comp_id,
@@ -873,7 +622,7 @@ class _Conversation:
     # ---- wire log -------------------------------------------------------------------------
     def _record(self, direction: Direction, msg: Any, note: str = "") -> None:
         """Log a parsed message, or the exact bytes sent."""
-        text = _wire_text(msg if isinstance(msg, bytes) else msg.encode(raw=True))
+        text = wire_text(msg if isinstance(msg, bytes) else msg.encode(raw=True))
         self._log(direction, f"({note}) {text}" if note else text)
 
     def _event(self, text: str) -> None:
@@ -896,7 +645,7 @@ class _Conversation:
             else:
                 self.venue.record_unidentified(entry)
 
-    def _state(self) -> _SessionState:
+    def _state(self) -> SessionState:
         assert self.state is not None, "no session identified yet"
         return self.state
 
@@ -904,168 +653,5 @@ class _Conversation:
         return self._state().config
 
 
-# ---- helpers ---------------------------------------------------------------------------------
-
-
-def _build(
-    begin_string: str,
-    sender: str,
-    target: str,
-    msg_type: str,
-    seq: int,
-    now: datetime,
-    body: Iterable[tuple[int, str | None]],
-    *,
-    poss_dup: bool = False,
-) -> Any:
-    msg = simplefix.FixMessage()
-    msg.append_pair(8, begin_string)
-    msg.append_pair(35, msg_type)
-    msg.append_pair(49, sender)
-    msg.append_pair(56, target)
-    msg.append_pair(34, seq)
-    if poss_dup:
-        msg.append_pair(43, "Y")
-    msg.append_utc_timestamp(52, now.astimezone(UTC), precision=3)
-    if poss_dup:
-        msg.append_utc_timestamp(122, now.astimezone(UTC), precision=3)
-    for tag, value in body:
-        msg.append_pair(tag, value)
-    return msg
-
-
-def _frame_problem(msg: Any) -> str | None:
-    """Framing errors of a parsed message: field order, BodyLength, CheckSum."""
-    pairs = msg.pairs
-    if len(pairs) < 4 or [int(t) for t, _ in pairs[:3]] != [8, 9, 35] or int(pairs[-1][0]) != 10:
-        return "8, 9, 35 must be the first fields and 10 the last"
-    raw = msg.encode(raw=True)
-    trailer = 4 + len(pairs[-1][1])  # "10=" + value + SOH
-    header = 6 + len(pairs[0][1]) + len(pairs[1][1])  # "8=" v SOH "9=" v SOH
-    length, checksum = len(raw) - header - trailer, sum(raw[:-trailer]) % 256
-    if pairs[1][1] != str(length).encode():
-        return f"BodyLength 9={pairs[1][1].decode(errors='replace')}, counted {length}"
-    if pairs[-1][1] != f"{checksum:03d}".encode():
-        return f"CheckSum 10={pairs[-1][1].decode(errors='replace')}, computed {checksum:03d}"
-    return None
-
-
-def _wire_text(data: bytes) -> str:
-    """Wire bytes with | for SOH and passwords masked."""
-    fields = []
-    for field in data.rstrip(b"\x01").split(b"\x01"):
-        tag, _, value = field.partition(b"=")
-        secret = tag.isdigit() and int(tag) in SECRET_TAGS
-        shown = "***" if secret else value.decode("utf-8", "replace")
-        fields.append(f"{tag.decode('utf-8', 'replace')}={shown}")
-    return "|".join(fields)
-
-
-def _too_low_text(expected: int, received: int) -> str:
-    return f"MsgSeqNum too low, expecting {expected} but received {received}"
-
-
-def _parse_utc(value: str | None) -> datetime | None:
-    """A UTCTimestamp (seconds, ms, µs or ns precision) as an aware datetime."""
-    if not value:
-        return None
-    whole, _, fraction = value.partition(".")
-    try:
-        moment = datetime.strptime(whole, "%Y%m%d-%H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    if fraction and not fraction.isdigit():
-        return None
-    micros = int((fraction + "000000")[:6]) if fraction else 0
-    return moment.replace(microsecond=micros)
-
-
-def _get(msg: Any, tag: int) -> str | None:
-    value = msg.get(tag)
-    return None if value is None else value.decode("utf-8", "replace")
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def _now() -> float:
     return asyncio.get_running_loop().time()
-
-
-_calendars: dict[str, Any] = {}
-
-
-def _next_session(code: str, day: date) -> date:
-    """The first session of a calendar after ``day``."""
-    import exchange_calendars as xcals
-
-    if code not in _calendars:
-        _calendars[code] = xcals.get_calendar(code)
-    following = _calendars[code].date_to_session(
-        (day + timedelta(days=1)).isoformat(), direction="next"
-    )
-    return date(following.year, following.month, following.day)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("FIX venue: cannot write %s: %s", path, exc)
-
-
-def _append_line(path: Path, line: str) -> None:
-    try:
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-    except OSError as exc:
-        log.warning("FIX venue: cannot append to %s: %s", path, exc)
-
-
-# ---- standalone --------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the venue alone until interrupted: ``python -m openbell.lab.fix_venue --estate PATH``."""
-    from openbell.runbooks.loader import load_estate
-
-    parser = argparse.ArgumentParser(
-        prog="python -m openbell.lab.fix_venue", description="The lab's FIX venue (session layer)."
-    )
-    parser.add_argument(
-        "--estate", type=Path, default=None, help="estate YAML (default: OPENBELL_ESTATE)"
-    )
-    parser.add_argument(
-        "--faults",
-        type=Path,
-        default=None,
-        help="fault book (default: OPENBELL_HOME/lab/faults.json)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    estate = load_estate(args.estate)
-    book = FaultBook(args.faults or get_settings().lab_dir / "faults.json")
-
-    async def serve() -> None:
-        venue = FixVenue(estate, book)
-        await venue.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await venue.close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-
-
-if __name__ == "__main__":
-    main()
