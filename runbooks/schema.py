@@ -130,6 +130,70 @@ class Host(Model):
     clock_command: Command = Field(default_factory=lambda: ["chronyc", "tracking"])
 
 
+AppKind = Literal["oms", "gateway", "algo", "risk", "marketdata", "service"]
+
+
+def _host_path(value: str) -> str:
+    """A path on a host: relative to the login directory or absolute, never through ``..``."""
+    if not value or value.strip() != value or "\x00" in value:
+        raise ValueError("expected a path, e.g. apps/emea-oms")
+    if ".." in Path(value).parts:
+        raise ValueError(f"{value!r} goes through '..'; name the directory itself")
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} starts with '-' (it would read as an option)")
+    return value.rstrip("/") or "/"
+
+
+def _batch(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a batch is a host count (1) or a share of the hosts ('50%')")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"batch {value}: at least one host")
+        return value
+    if isinstance(value, str) and value.endswith("%"):
+        try:
+            pct = float(value[:-1])
+        except ValueError:
+            pct = -1.0
+        if 0 < pct <= 100:
+            return value
+    raise ValueError(f"batch {value!r}: a host count (1) or a share of the hosts ('50%')")
+
+
+class AppRelease(Model):
+    """How releases of an app sit on its hosts and how a new one rolls out.
+
+    On each host, under ``root``: ``releases/<version>/`` side by side (each with the
+    ``SHA256SUMS`` of its files) and ``current``, a link to the one that runs. The app's
+    start command runs what ``current`` points at.
+    """
+
+    root: str = Field(description="release directory on each host, e.g. apps/emea-oms")
+    approver_group: str = Field(description="the group whose members authorise a release")
+    keep: int = Field(default=3, ge=2, description="releases kept on each host (current included)")
+    batches: list[Annotated[int | str, BeforeValidator(_batch)]] = Field(
+        default_factory=lambda: [1, "50%", "100%"],
+        min_length=1,
+        description="canary first, then the rest: host counts or shares of the hosts",
+    )
+    max_failed_hosts: int = Field(default=0, ge=0, description="failed hosts tolerated in all")
+    soak_s: float = Field(default=60.0, ge=0, description="watch the canary this long")
+    soak_interval_s: float = Field(default=1.0, gt=0, description="between soak samples")
+    log_file: str | None = Field(
+        default=None, description="the app's log on the host, read for error lines in the soak"
+    )
+    error_pattern: str = Field(default="ERROR", min_length=1, description="an error line has it")
+    continue_after_canary: bool = Field(
+        default=False, description="a second decision, shown the canary's evidence, before the rest"
+    )
+
+    @field_validator("root", "log_file")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        return None if value is None else _host_path(value)
+
+
 class App(Model):
     """A process that must run on some hosts, started in dependency order."""
 
@@ -143,6 +207,12 @@ class App(Model):
     expected_version: str | None = None
     depends_on: list[str] = Field(default_factory=list)
     start_timeout_s: float = Field(default=30.0, gt=0)
+    kind: AppKind = Field(
+        default="service", description="what it is; pre-release checks are declared per kind"
+    )
+    release: AppRelease | None = Field(
+        default=None, description="how a release of it is laid out and rolled out"
+    )
 
 
 class FixSession(Model):
@@ -394,6 +464,54 @@ class EodPolicy(RunbookPolicy):
     )
 
 
+class ReleaseWindow(Model):
+    """When a region may take a release: after its venues close, before the next start of day.
+
+    The window opens ``after_close_min`` after the last of the region's venues closes
+    (half days included) and ends ``sod_lead_min`` before the first of them opens next.
+    """
+
+    after_close_min: int = Field(default=30, ge=0, le=24 * 60)
+    sod_lead_min: int = Field(default=90, ge=0, le=24 * 60, description="start of day's lead")
+    margin_min: int = Field(default=10, ge=0, le=24 * 60, description="kept free before the end")
+
+
+class FreezeWindow(Model):
+    """Days on which no release goes in (index rebalance, a venue's own freeze)."""
+
+    start: date
+    end: date
+    reason: str = Field(min_length=1)
+    regions: list[str] = Field(default_factory=list, description="default: every region")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FreezeWindow:
+        if self.end < self.start:
+            raise ValueError(f"freeze ends ({self.end}) before it starts ({self.start})")
+        return self
+
+
+class ReleasePolicy(RunbookPolicy):
+    """``runbooks.release``: the window, the freezes and how long a release may take."""
+
+    window: ReleaseWindow = ReleaseWindow()
+    freeze: list[FreezeWindow] = Field(default_factory=list)
+    month_end_freeze: bool = Field(
+        default=False, description="no release on the last session of a month"
+    )
+    minutes_per_batch: float = Field(
+        default=10.0, gt=0, description="expected duration of one batch, soak included"
+    )
+    rollback_minutes: float = Field(default=15.0, gt=0, description="to put every host back")
+    rollback: Literal["automatic", "decision"] = Field(
+        default="automatic", description="after a failed verification: at once, or asked first"
+    )
+    ttl_minutes: float = Field(default=60.0, gt=0, description="an unanswered release is refused")
+    emergency_approvers: int = Field(
+        default=2, ge=2, description="distinct approvers for a release outside the window"
+    )
+
+
 def _runbook_policies(raw: Any) -> Any:
     """Validate each ``runbooks.<key>`` block with the model its runbook declares.
 
@@ -443,10 +561,55 @@ def _runbook_policies(raw: Any) -> Any:
     return out
 
 
+class ArtifactRepository(Model):
+    """Where release artifacts come from: ``GET <url>/<app>/<version>/index.json`` names the
+    file, its sha256 and its detached ed25519 signature."""
+
+    url: str = Field(description="e.g. https://artifacts.example/openbell")
+    signing_keys: dict[str, str] = Field(
+        default_factory=dict, description="key name -> ed25519 public key, 32 bytes in base64"
+    )
+    require_signature: bool = Field(default=True)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r}: expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        import base64
+        import binascii
+
+        for name, key in value.items():
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(f"signing key {name!r}: expected 32 bytes in base64 (ed25519)")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_when_required(self) -> ArtifactRepository:
+        if self.require_signature and not self.signing_keys:
+            raise ValueError("require_signature is true but no signing_keys are named")
+        return self
+
+
 class Estate(Model):
     """Everything openbell knows about the trading estate."""
 
     version: Literal[1] = 1
+    environment: Literal["production", "uat", "lab"] = Field(
+        default="production",
+        description="lab: a rehearsal clock (OPENBELL_REHEARSAL_AT) is allowed",
+    )
+    artifacts: ArtifactRepository | None = None
     known_hosts: Path
     entitlements: Path | None = Field(
         default=None, description="who may do what (relative to this file); none: deny all"
@@ -617,6 +780,21 @@ class Estate(Model):
                 if d not in self.apps:
                     raise UnknownNameError(
                         "app", d, list(self.apps), key_path=f"apps.{name}.depends_on[{i}]"
+                    )
+            if app.release is not None:
+                where = f"apps.{name}.release"
+                if app.release.approver_group not in self.groups:
+                    raise UnknownNameError(
+                        "group",
+                        app.release.approver_group,
+                        list(self.groups),
+                        key_path=f"{where}.approver_group",
+                    )
+                if self.artifacts is None:
+                    raise EstateError(
+                        "an app with a release block needs the estate's artifacts repository "
+                        "(artifacts: {url: ..., signing_keys: {...}})",
+                        key_path=where,
                     )
         for gname, group in self.groups.items():
             for i, m in enumerate(group.members):
