@@ -45,6 +45,7 @@ def run_runbook(
     dry_run: bool = False,
     operator: str | None = None,
     from_step: str | None = None,
+    extra: dict[str, Any] | None = None,
     console: Console | None = None,
 ) -> RunRecord:
     """Run a runbook for a region as a Prefect flow and return its record.
@@ -71,6 +72,7 @@ def run_runbook(
         estate=str(loaded.source),
         operator=operator,
         from_step=from_step,
+        **(extra or {}),
     )
     flow = declared.flow
     api_url = ensure_server()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import hashlib
 import json
 import logging
 import uuid
@@ -123,7 +124,12 @@ async def run_runbook(runbook: Runbook, params: RunParams) -> RunRecord:
         return await _finish_task()(ctx, record, [])
     try:
         async with exclusive(ctx) if runbook.lock else contextlib.nullcontext():
-            steps = await run_steps(ctx, runbook, params.from_step)
+            unfinished = await _unfinished_recovery(ctx, runbook)
+            if unfinished is not None:
+                steps = await resume_recovery(ctx, runbook, unfinished)
+            else:
+                steps = await run_steps(ctx, runbook, params.from_step)
+                steps += await recover_if_needed(ctx, runbook, steps)
             return await _finish_task()(ctx, record, steps)
     except RunLockedError as exc:
         refused = skipped_step("lock", "One run at a time", str(exc), Status.FAILED)
@@ -201,9 +207,12 @@ async def open_run(runbook: Runbook, params: RunParams) -> tuple[RunContext, Run
         estate_source=estate.source,
         flow_run_id=flow_run.id,
     )
-    plan = build_plan(runbook, estate, region, day)
+    plan = build_plan(runbook, estate, region, day, params=params)
     record = record.model_copy(update={"plan": plan.model_dump(mode="json")})
     ctx.redo = redo_steps(runbook, params.from_step)
+    ctx.params = params
+    if runbook.key_version is not None:
+        ctx.key_version = await in_thread(ctx, runbook.key_version, params, estate, ctx.ledger)
     await in_thread(
         ctx,
         ctx.ledger.start_run_from_record,
@@ -301,13 +310,29 @@ async def _approve(ctx: RunContext, step: Step, call: StepRun) -> None:
     each of them is refused with the verdict's reason (the step reports them failed).
     Targets already done for this key (idempotency) are not asked about again.
     """
-    from openbell.tasks.approvals.gate import gate, policy_for
+    from openbell.tasks.approvals.gate import ApprovalOverride, gate, policy_for
 
-    if policy_for(ctx, step.name) is None or step.changes is None:
+    if step.changes is None or ctx.dry_run:
+        return
+    if step.approval == "policy" and policy_for(ctx, step.name) is None:
         return
     wanted = await step.changes(ctx, call)
     if wanted is None or not wanted.targets:
         return
+    if step.approval == "always":
+        from openbell.runbooks.schema import ApprovalPolicy
+
+        ctx.approval_overrides[step.name] = ApprovalOverride(
+            policy=ApprovalPolicy(
+                steps=[step.name],
+                required_approvers=wanted.required_approvers,
+                ttl_minutes=wanted.ttl_minutes,
+                approver_group=wanted.approver_group,
+            ),
+            emergency=wanted.emergency,
+            artifact_sha256=wanted.artifact_sha256,
+            bound=dict(wanted.bound),
+        )
     targets = wanted.targets
     if step.side_effects and step.name not in ctx.redo:
         from openbell.tasks.idempotency import completion_key
@@ -324,6 +349,88 @@ async def _approve(ctx: RunContext, step: Step, call: StepRun) -> None:
     if not verdict.satisfied:
         why = f"approval {verdict.status}: {verdict.reason}"
         call.refused = dict.fromkeys(targets, why)
+
+
+# ---- recovery (a release's rollback) -------------------------------------------------------
+def _recovery_ref(ctx: RunContext) -> str:
+    """The ledger ref of a recovery: one per (runbook, region, key version)."""
+    from openbell.tasks.ledger.chain import canonical_json
+
+    raw = canonical_json(["recovery", ctx.runbook, ctx.region, ctx.key_version])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+async def _unfinished_recovery(ctx: RunContext, runbook: Runbook) -> dict[str, Any] | None:
+    """The recovery an earlier run started for this key and never finished, if any."""
+    if runbook.recovery is None:
+        return None
+    ref = _recovery_ref(ctx)
+    entries = await in_thread(
+        ctx, ctx.ledger.entries, kinds=["recovery_started", "recovery_finished"], ref=ref
+    )
+    if not entries or entries[-1].kind != "recovery_started":
+        return None
+    return {"run_id": entries[-1].run_id, **entries[-1].payload}
+
+
+async def recover_if_needed(
+    ctx: RunContext, runbook: Runbook, results: list[StepResult]
+) -> list[StepResult]:
+    """When a step declared ``recover=True`` did not pass, run the runbook's recovery."""
+    if runbook.recovery is None:
+        return []
+    recoverable = {s.name for s in runbook.steps if s.recover}
+    failed = [r for r in results if r.name in recoverable and not r.passed]
+    if not failed:
+        return []
+    cause = "; ".join(
+        f"{r.name}: {o.target}: {o.detail}" for r in failed for o in r.outcomes if not o.passed
+    )
+    return await _run_recovery(ctx, runbook, cause[:2000], resumed_from=None)
+
+
+async def resume_recovery(
+    ctx: RunContext, runbook: Runbook, unfinished: dict[str, Any]
+) -> list[StepResult]:
+    """A run killed during its recovery: this run does the recovery, not the change."""
+    assert runbook.recovery is not None
+    by = str(unfinished.get("run_id") or "?")
+    why = f"not run: resuming the {runbook.recovery.name} that run {by[:8]} started"
+    results = []
+    for step in runbook.steps:
+        skipped = skipped_step(step.name, step.title, why)
+        await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, skipped)
+        results.append(skipped)
+    cause = str(unfinished.get("cause", ""))
+    return results + await _run_recovery(ctx, runbook, cause, resumed_from=by)
+
+
+async def _run_recovery(
+    ctx: RunContext, runbook: Runbook, cause: str, *, resumed_from: str | None
+) -> list[StepResult]:
+    assert runbook.recovery is not None
+    ref = _recovery_ref(ctx)
+    ctx.scratch["recovery_cause"] = cause
+    payload = {"step": runbook.recovery.name, "cause": cause, "resumed_from": resumed_from}
+    await in_thread(ctx, ctx.ledger.append, "recovery_started", ctx.run_id, payload, ref=ref)
+    chaos.point(f"{runbook.recovery.name}:started")
+    result = await run_step(ctx, runbook.recovery)
+    if result.passed:
+        await in_thread(
+            ctx,
+            ctx.ledger.append,
+            "recovery_finished",
+            ctx.run_id,
+            {
+                "step": runbook.recovery.name,
+                "status": result.status.value,
+                "region": ctx.region,
+                "key_version": ctx.key_version,
+                "key_base": ctx.key_version.split("#", 1)[0],
+            },
+            ref=ref,
+        )
+    return [result]
 
 
 def skipped_step(name: str, title: str, why: str, status: Status = Status.SKIPPED) -> StepResult:

@@ -8,7 +8,7 @@ decision and the sign-off. ``openbell plan`` prints it; every run records it.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from openbell.errors import UnknownNameError
@@ -47,7 +47,15 @@ def calendar_facts(
     return False, reason, facts
 
 
-def build_plan(runbook: Runbook, estate: Estate, region: str, day: date) -> Plan:
+def build_plan(
+    runbook: Runbook,
+    estate: Estate,
+    region: str,
+    day: date,
+    *,
+    params: Any = None,
+    at: datetime | None = None,
+) -> Plan:
     """The plan of ``runbook`` for one region and trade date.
 
     Raises:
@@ -82,7 +90,7 @@ def build_plan(runbook: Runbook, estate: Estate, region: str, day: date) -> Plan
         return plan
     policy = estate.policy(runbook.key)
     for step in runbook.steps:
-        part = step.plan(PlanContext(estate, region, day, facts, policy, step.name))
+        part = step.plan(PlanContext(estate, region, day, facts, policy, step.name, params, at))
         planned = part if isinstance(part, StepPlan) else StepPlan(actions=part)
         plan.steps.append(
             PlannedStep(
@@ -91,6 +99,20 @@ def build_plan(runbook: Runbook, estate: Estate, region: str, day: date) -> Plan
                 after=list(step.after) or first,
                 actions=planned.actions,
                 note=planned.note,
+            )
+        )
+    if runbook.recovery is not None:
+        rec = runbook.recovery
+        part = rec.plan(PlanContext(estate, region, day, facts, policy, rec.name, params, at))
+        planned = part if isinstance(part, StepPlan) else StepPlan(actions=part)
+        recoverable = [s.name for s in runbook.steps if s.recover]
+        plan.steps.append(
+            PlannedStep(
+                name=rec.name,
+                title=rec.title,
+                after=recoverable,
+                actions=planned.actions,
+                note=f"only if {', '.join(recoverable)} fails: " + planned.note,
             )
         )
     plan.steps.append(
@@ -124,7 +146,9 @@ def redo_steps(runbook: Runbook, from_step: str | None) -> frozenset[str]:
     return frozenset(names[names.index(from_step) :])
 
 
-def annotate_rerun(plan: Plan, ledger: Any, from_step: str | None = None) -> Plan:
+def annotate_rerun(
+    plan: Plan, ledger: Any, from_step: str | None = None, key_version: str | None = None
+) -> Plan:
     """Say, per step, what a run started now would skip and why, from the ledger's keys.
 
     Args:
@@ -156,7 +180,9 @@ def annotate_rerun(plan: Plan, ledger: Any, from_step: str | None = None) -> Pla
         targets = sorted({a.target for a in step.actions})
         done = {}
         for t in targets:
-            key = CompletionKey(plan.runbook, plan.region, plan.trade_date, step.name, t)
+            key = CompletionKey(
+                plan.runbook, plan.region, plan.trade_date, step.name, t, key_version or None
+            )
             entry = ledger.completion(key)
             if entry is not None:
                 done[t] = entry

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,8 @@ StepFn = Callable[[RunContext, StepRun], Awaitable[list[Outcome]]]
 PlanFn = Callable[[PlanContext], list[PlannedAction] | StepPlan]
 #: What a step would change now (read-only), for its approval; None or empty: nothing.
 ChangesFn = Callable[[RunContext, StepRun], Awaitable[Changes | None]]
+#: (parameters, estate, ledger) -> the run's key version (``emea-oms@5.0.4``).
+KeyVersionFn = Callable[[Any, Any, Any], str]
 
 
 class RunParams(BaseModel):
@@ -89,6 +91,11 @@ class Step:
         changes: what it would change now (read-only); a step with ``changes`` may be
             named in the estate's ``runbooks.<key>.approvals.steps``, and then waits for
             a second person before it changes anything.
+        approval: ``always``: the step waits for approval whenever it has something to
+            change, from the approvers its ``changes`` names (a release's designated
+            group), whatever the estate's ``approvals`` block says.
+        recover: when this step does not pass, the engine runs the runbook's
+            ``recovery`` step (a release's rollback) before it signs off.
     """
 
     name: str
@@ -99,6 +106,8 @@ class Step:
     gate: bool = False
     side_effects: bool = False
     changes: ChangesFn | None = None
+    approval: Literal["policy", "always"] = "policy"
+    recover: bool = False
 
 
 def _declaring_module() -> str:
@@ -123,6 +132,12 @@ class Runbook:
             is skipped with the calendar's reason, not failed.
         lock: one run per (runbook, region, trade date) acts at a time.
         signoff: what the sign-off does, for the plan.
+        recovery: the step that undoes what the run changed when a step declared with
+            ``recover=True`` fails (a release's rollback). The engine records that it
+            started and that it finished: a run killed during the recovery is resumed as
+            the recovery, never as the change.
+        key_version: what makes a run's idempotency keys its own beyond (runbook, region,
+            trade date), from its parameters: a release's ``app@version``.
         module: the module that declares it (found by itself).
     """
 
@@ -135,6 +150,8 @@ class Runbook:
     session_gate: bool = True
     lock: bool = False
     signoff: str = "summary to Slack, report (HTML, Markdown, JSON)"
+    recovery: Step | None = None
+    key_version: KeyVersionFn | None = None
     module: str = field(default_factory=_declaring_module)
 
     def __post_init__(self) -> None:
@@ -149,6 +166,8 @@ class Runbook:
                         f"declared before it (declared so far: {', '.join(sorted(seen)) or '-'})"
                     )
             seen.add(s.name)
+        if self.recovery is not None and self.recovery.name in seen | set(RESERVED_STEPS):
+            raise ValueError(f"runbook {self.key}: recovery step {self.recovery.name!r} is a step")
 
     # ---- lookups -----------------------------------------------------------------------
     @property

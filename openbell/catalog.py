@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 BUILTIN = (
     "openbell.flows.start_of_day",
     "openbell.flows.end_of_day",
+    "openbell.flows.release",
 )
 
 _lock = threading.Lock()

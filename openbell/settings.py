@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from datetime import datetime
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,6 +39,11 @@ class Settings(BaseSettings):
         default=None, description="ledger database URL (default: SQLite under home)"
     )
     operator: str | None = Field(default=None, description="Who runs the CLI (else $USER).")
+    rehearsal_at: datetime | None = Field(
+        default=None,
+        description="A lab estate's clock for release windows (ISO time, with its zone); "
+        "refused for any other estate.",
+    )
     kill_at: str | None = Field(
         default=None,
         description="fault injection only: SIGKILL this process at kill point NAME#N",

@@ -40,10 +40,27 @@ async def _verify(
         return False, f"health check failed: GET {url}: {exc.answer}", {"health_url": url}
     body = answer.json if isinstance(answer.json, dict) else {}
     version = str(body.get("version", "")) or None
+    expected, source = await expected_version(ctx, name, app)
     evidence: dict[str, object] = {"health_status": answer.status, "version": version}
-    if app.expected_version and version != app.expected_version:
-        return False, f"running version {version}, expected {app.expected_version}", evidence
+    if expected and version != expected:
+        return False, f"running version {version}, expected {expected} ({source})", evidence
     return True, f"healthy, version {version}" if version else "healthy", evidence
+
+
+async def expected_version(ctx: RunContext, name: str, app: App) -> tuple[str | None, str]:
+    """The version ``app`` should run here: the region's release manifest in the ledger
+    (its last verified release), else the estate's ``expected_version``; and which."""
+    cache = ctx.scratch.setdefault("manifest", {})
+    if name not in cache:
+        found = None
+        if ctx.ledger is not None:
+            from openbell.tasks.release.records import manifest_version
+
+            found = await in_thread(ctx, manifest_version, ctx.ledger, ctx.region, name)
+        cache[name] = found
+    if cache[name]:
+        return cache[name], "the release manifest"
+    return app.expected_version, "the estate"
 
 
 async def _ensure_one(

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 from openbell.errors import CommandTimeoutError, ConnectionLostError, OpenbellError
@@ -80,6 +80,16 @@ class RunContext:
     runbook_version: str = ""
     dry_run: bool = False
     redo: frozenset[str] = frozenset()
+    #: what makes this run's idempotency keys its own beyond (runbook, region, trade date):
+    #: a release's ``app@version``; empty for runbooks of the day.
+    key_version: str = ""
+    #: the run's parameters as their model (``ReleaseParams`` for a release).
+    params: Any = None
+    #: what one step found for the next ones (a release's verified artifact); a step that
+    #: needs it and finds it missing (``--from-step``) works it out again.
+    scratch: dict[str, Any] = field(default_factory=dict)
+    #: approval policies a step asked for itself (``Step(approval="always")``), by step.
+    approval_overrides: dict[str, Any] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
 
     @property
@@ -178,6 +188,16 @@ class Changes:
     targets: list[str]
     lines: list[str]
     summary: str
+    #: for a step that always asks (``Step(approval="always")``): who decides, how many.
+    approver_group: str | None = None
+    required_approvers: int = 1
+    ttl_minutes: float = 60.0
+    #: an emergency change: two approvers at least, flagged for review.
+    emergency: bool = False
+    #: the checksum of the artifact being deployed, bound into the approval.
+    artifact_sha256: str | None = None
+    #: what else the approval is bound to (the version, the hosts' order, the strategy).
+    bound: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -251,6 +271,10 @@ class PlanContext:
     facts: dict[str, Any]
     policy: RunbookPolicy
     step: str = ""
+    #: the run's parameters as their model (None: the model's defaults).
+    params: Any = None
+    #: the moment planned for (``openbell plan --at``); None: now.
+    at: datetime | None = None
 
     def ssh(self, host: str, argv: list[str]) -> str:
         """How a remote command is shown: ``ssh user@host (address:port) $ argv``."""

@@ -33,7 +33,9 @@ T = TypeVar("T")
 
 def completion_key(ctx: RunContext, step: str, target: str) -> CompletionKey:
     """The key of one target's side effect in this run's (runbook, region, trade date)."""
-    return CompletionKey(ctx.runbook, ctx.region, ctx.trade_date, step, target)
+    return CompletionKey(
+        ctx.runbook, ctx.region, ctx.trade_date, step, target, ctx.key_version or None
+    )
 
 
 def idempotent(

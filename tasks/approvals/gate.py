@@ -334,17 +334,37 @@ def resume_run(
 
 def policy_for(ctx: RunContext, step: str) -> ApprovalPolicy | None:
     """The approval policy when ``step`` of this run's runbook needs approval, else None."""
+    if ctx.dry_run:
+        return None
+    override = ctx.approval_overrides.get(step)
+    if override is not None:
+        return override.policy  # type: ignore[no-any-return]
     policy = ctx.estate.policy(ctx.runbook).approvals
-    if policy is None or step not in policy.steps or ctx.dry_run:
+    if policy is None or step not in policy.steps:
         return None
     return policy
 
 
-def current_binding(ctx: RunContext, targets: Sequence[str]) -> str:
+@dataclass(frozen=True)
+class ApprovalOverride:
+    """A step that asks for approval whatever ``runbooks.<key>.approvals`` says (a release):
+    its own policy, and what else its approval is bound to."""
+
+    policy: ApprovalPolicy
+    emergency: bool = False
+    artifact_sha256: str | None = None
+    bound: dict[str, Any] | None = None
+
+
+def current_binding(ctx: RunContext, targets: Sequence[str], step: str | None = None) -> str:
     """The hash an approval for ``targets`` is bound to, from the estate file as it is now."""
     # estate_version reads the file's bytes at its path now, not the estate parsed at start.
     version = estate_version(ctx.estate) if ctx.estate.source else ctx.runbook_version
-    return binding_hash(version, ctx.parameters, list(targets))
+    override = ctx.approval_overrides.get(step) if step else None
+    if override is None:
+        return binding_hash(version, ctx.parameters, list(targets))
+    params = {**ctx.parameters, "bound": override.bound or {}}
+    return binding_hash(version, params, list(targets), override.artifact_sha256)
 
 
 @task(name="approval", cache_policy=NO_CACHE, task_run_name="approval[{step}]")
@@ -375,10 +395,11 @@ async def gate(
         region=ctx.region,
         step=step,
         requester=ctx.operator,
-        binding_hash=current_binding(ctx, targets),
+        binding_hash=current_binding(ctx, targets, step),
         now=utcnow(),
         required_approvers=policy.required_approvers,
         approver_group=policy.approver_group,
+        emergency=bool(getattr(ctx.approval_overrides.get(step), "emergency", False)),
         ttl=timedelta(minutes=policy.ttl_minutes),
     )
     await in_thread(
@@ -519,7 +540,7 @@ async def _judge(
 ) -> ApprovalVerdict:
     """The verdict from the ledger alone, against the binding as it is now."""
     req = await in_thread(ctx, load_request, ctx.ledger, ctx.run_id, request.step)
-    bound = await in_thread(ctx, current_binding, ctx, targets)
+    bound = await in_thread(ctx, current_binding, ctx, targets, request.step)
     judged = (
         request
         if bound == request.binding_hash

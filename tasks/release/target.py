@@ -1,0 +1,126 @@
+"""Which release a run is: the app, the version, its hosts in the region, and the clock.
+
+``resolve`` turns a release's parameters into a :class:`Target`, naming the valid choices
+on a miss. ``--rollback`` resolves the version to the one the region ran before its last
+verified release, from the ledger's manifest (never from what the hosts hold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from openbell.errors import OpenbellError, UnknownNameError
+from openbell.runbooks.schema import App, AppRelease, Estate
+from openbell.tasks.release import layout, records
+
+
+class ReleaseError(OpenbellError):
+    """A release that cannot be what was asked (no such app here, no version before...)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One release: ``version`` of ``app`` onto its ``hosts`` in ``region``.
+
+    Attributes:
+        name: the app's name.
+        app: its estate entry.
+        release: its release block.
+        version: the version to put on its hosts.
+        hosts: the app's hosts in the region, in the estate's order (the canary first).
+        rollback: a ``--rollback`` run (the version before the last release).
+    """
+
+    region: str
+    name: str
+    app: App
+    release: AppRelease
+    version: str
+    hosts: tuple[str, ...]
+    rollback: bool = False
+
+    @property
+    def base(self) -> str:
+        """``emea-oms@5.0.4``: the release, whatever the attempt."""
+        return f"{self.name}@{self.version}"
+
+    def target(self, host: str) -> str:
+        return f"{self.name}@{host}"
+
+    def host_of(self, target: str) -> str:
+        return target.split("@", 1)[1]
+
+    def batches(self) -> list[list[str]]:
+        return layout.batches_of(self.hosts, self.release.batches)
+
+
+def releasable(estate: Estate, region: str) -> list[str]:
+    """The apps of ``region`` that have a release block."""
+    return sorted(n for n, a in estate.apps_in(region).items() if a.release is not None)
+
+
+def resolve(estate: Estate, region: str, params: Any, ledger: Any = None) -> Target:
+    """The release the parameters ask for.
+
+    Raises:
+        ReleaseError: no app named, or no version (nor, for ``--rollback``, a previous one).
+        UnknownNameError: an app that is not releasable in the region, listing those that are.
+    """
+    apps = releasable(estate, region)
+    name = getattr(params, "app", None)
+    if not name:
+        raise ReleaseError(
+            f"a release needs --app; releasable apps in {region}: {', '.join(apps) or 'none'}"
+        )
+    if name not in apps:
+        raise UnknownNameError(f"releasable app in {region}", name, apps)
+    app = estate.app(name)
+    assert app.release is not None
+    rollback = bool(getattr(params, "rollback", False))
+    version = getattr(params, "version", None)
+    if rollback:
+        if version:
+            raise ReleaseError("--rollback goes back to the version before; do not give --version")
+        version = records.previous_version(ledger, region, name) if ledger is not None else None
+        if not version:
+            raise ReleaseError(
+                f"{name} in {region}: the ledger records no release before the current one, "
+                "so there is nothing to roll back to"
+            )
+    if not version:
+        raise ReleaseError(f"a release of {name} needs --version")
+    try:
+        layout.check_version(version)
+    except ValueError as exc:
+        raise ReleaseError(str(exc)) from None
+    hosts = tuple(h for h in app.hosts if h in estate.hosts_in(region))
+    return Target(region, name, app, app.release, version, hosts, rollback)
+
+
+def key_version(params: Any, estate: Estate, ledger: Any) -> str:
+    """The run's idempotency scope: ``app@version#attempt`` (a new attempt after a rollback)."""
+    t = resolve(estate, params.region.lower(), params, ledger)
+    return f"{t.base}#{records.attempts(ledger, t.region, t.base) + 1}"
+
+
+def now(estate: Estate) -> datetime:
+    """The clock release windows are judged by: the rehearsal clock, for a lab estate only.
+
+    Raises:
+        ReleaseError: ``OPENBELL_REHEARSAL_AT`` set for an estate that is not a lab.
+    """
+    from openbell.settings import get_settings
+
+    at = get_settings().rehearsal_at
+    if at is None:
+        return datetime.now(UTC)
+    if estate.environment != "lab":
+        raise ReleaseError(
+            f"OPENBELL_REHEARSAL_AT is set, but {estate.source or 'the estate'} is a "
+            f"{estate.environment} estate: a rehearsal clock is for the lab only; unset it"
+        )
+    if at.tzinfo is None:
+        raise ReleaseError("OPENBELL_REHEARSAL_AT needs a zone, e.g. 2026-12-02T21:00:00+00:00")
+    return at.astimezone(UTC)
