@@ -85,7 +85,7 @@ def test_a_date_that_is_not_a_date(bad: str) -> None:
 def test_unknown_runbook() -> None:
     result = invoke("plan", "lunch", "--region", "emea", "--estate", str(LAB), "--as", "carol")
     assert result.exit_code == 2
-    assert "unknown runbook 'lunch'; valid runbooks: eod, sod" in one_error_line(result)
+    assert "unknown runbook 'lunch'; valid runbooks: eod, release, sod" in one_error_line(result)
 
 
 def test_plan_prints_the_calendar_decision() -> None:
@@ -463,7 +463,7 @@ def test_calendar_unknown_region_is_one_line() -> None:
 def test_catchup_of_an_unknown_runbook_lists_the_registered_ones() -> None:
     result = invoke("catchup", "eodx", "--region", "emea", "--estate", str(LAB))
     assert result.exit_code == 2
-    assert "unknown runbook 'eodx'; valid runbooks: eod, sod" in one_error_line(result)
+    assert "unknown runbook 'eodx'; valid runbooks: eod, release, sod" in one_error_line(result)
 
 
 def test_validate_refuses_an_approval_for_a_step_end_of_day_does_not_have(tmp_path: Path) -> None:

@@ -207,7 +207,7 @@ def test_require_raises_with_the_reason(ents: Entitlements) -> None:
 def test_unknown_question_lists_valid_names(ents: Entitlements) -> None:
     with pytest.raises(UnknownNameError, match="valid actions: approve, audit, cancel, plan"):
         ents.decide("bob", "deploy", "sod", "emea")
-    with pytest.raises(UnknownNameError, match="valid runbooks: eod, sod"):
+    with pytest.raises(UnknownNameError, match="valid runbooks: eod, release, sod"):
         ents.decide("bob", "run", "*", "emea")
     with pytest.raises(UnknownNameError, match="valid regions: amer, apac, emea"):
         ents.decide("bob", "run", "sod", "europe")
@@ -300,7 +300,7 @@ def test_minimal_file_with_its_own_group(tmp_path: Path, estate: Estate) -> None
             "    runbooks: [sod, eod]\n    regions: [apac]\n",
             "    runbooks: [sod, eod, sad]\n    regions: [apac]\n",
             "rules[1].runbooks[2]",
-            "unknown runbook 'sad'; valid runbooks: *, eod, sod",
+            "unknown runbook 'sad'; valid runbooks: *, eod, release, sod",
             "runbooks: [sod, eod, sad]",
         ),
         (

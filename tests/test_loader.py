@@ -177,8 +177,10 @@ def test_lab_schedules_start_and_end_of_day() -> None:
     sod, eod = estate.policy("sod").schedule, estate.policy("eod").schedule
     assert sod is not None and (sod.at, sod.offset_minutes) == ("open", -45)
     assert eod is not None and (eod.at, eod.offset_minutes) == ("close", 20)
-    with pytest.raises(UnknownNameError, match="unknown runbook 'release'"):
-        estate.policy("release")
+    # a runbook the estate names no block for gets its model's defaults, and no schedule
+    assert estate.policy("release").schedule is None
+    with pytest.raises(UnknownNameError, match="unknown runbook 'deploy'"):
+        estate.policy("deploy")
 
 
 # ---- what cannot work is refused when the file is loaded ---------------------------------------
@@ -225,7 +227,7 @@ def test_a_policy_field_the_runbook_does_not_have_is_refused(tmp_path: Path) -> 
 
 def test_an_unknown_runbook_lists_the_declared_ones(tmp_path: Path) -> None:
     p = mutate(tmp_path, "  eod:\n", "  eodd:\n")
-    with pytest.raises(UnknownNameError, match="unknown runbook 'eodd'; valid runbooks: eod, sod"):
+    with pytest.raises(UnknownNameError, match="unknown runbook 'eodd'; valid runbooks: eod, release, sod"):
         load_estate(p)
 
 
