@@ -88,6 +88,7 @@ def test_the_rollup_lists_every_run_change_approval_and_failure_of_the_region_an
     assert ("4f1c2d3e", "refused decision", "bob") in failures
     assert data["totals"] == {
         "runs": 3,
+        "releases": 0,
         "changes": 2,
         "approvals": 1,
         "failures": len(failures),

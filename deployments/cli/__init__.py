@@ -4,7 +4,7 @@ Errors are one red line and a non-zero exit code; ``--json`` gives machine-reada
 output where a script would want it.
 
 One module per command group: ``runs`` (validate, plan, run), ``approvals`` (approve,
-reject, approvals), ``reports`` (report) and ``schedule`` (calendar, deploy, doctor,
+reject, approvals), ``reports`` (report), ``versions`` (versions) and ``schedule`` (calendar, deploy, doctor,
 worker, catchup) put their commands on the root app; ``lab`` and ``audit`` are groups of
 their own; ``common`` holds what they share (consoles, errors, option types, checks).
 Each keeps its heavy imports inside its commands: ``openbell --help`` imports no Prefect.
@@ -23,7 +23,7 @@ import sys
 
 import typer
 
-from openbell.deployments.cli import approvals, audit, lab, reports, runs, schedule
+from openbell.deployments.cli import approvals, audit, lab, reports, runs, schedule, versions
 from openbell.deployments.cli.common import err
 from openbell.secrets import redact
 
@@ -35,7 +35,7 @@ app = typer.Typer(
 )
 # These modules' commands are top-level commands, not groups: the root app takes them
 # over, in this order (the order `openbell --help` lists them in).
-for _module in (runs, approvals, reports, schedule):
+for _module in (runs, approvals, reports, schedule, versions):
     app.registered_commands += _module.app.registered_commands
 app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")

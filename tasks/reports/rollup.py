@@ -90,6 +90,7 @@ def rollup_view(ledger: Ledger, region: str, trade_date: date) -> dict[str, Any]
         for r in records
         for d in deviations(r)
     ]
+    releases = [_release_line(ledger, r) for r in records if r.runbook == "release"]
     refusals = _runless_refusals(ledger, key, trade_date)
     anchors = [r.ledger_anchor for r in records if r.ledger_anchor is not None]
     view = {
@@ -98,12 +99,14 @@ def rollup_view(ledger: Ledger, region: str, trade_date: date) -> dict[str, Any]
         "title": f"Daily rollup {key.upper()} {trade_date.isoformat()}",
         "totals": {
             "runs": len(runs),
+            "releases": len(releases),
             "changes": len(changes),
             "approvals": len(approvals),
             "failures": len(failures),
             "refusals": len(refusals),
         },
         "runs": runs,
+        "releases": releases,
         "changes": changes,
         "approvals": approvals,
         "failures": failures,
@@ -114,6 +117,33 @@ def rollup_view(ledger: Ledger, region: str, trade_date: date) -> dict[str, Any]
         },
     }
     return redacted(json.loads(json.dumps(view, default=_json_default)))
+
+
+def _release_line(ledger: Ledger, r: RunRecord) -> dict[str, Any]:
+    """One release run: what went where, and how it ended (released, rolled back...)."""
+    started = ledger.entries(run_id=r.run_id, kinds=["run_started"], limit=1)
+    params = started[0].payload.get("parameters", {}) if started else {}
+    kinds = {
+        e.kind
+        for e in ledger.entries(
+            run_id=r.run_id, kinds=["release_manifest", "recovery_started", "recovery_finished"]
+        )
+    }
+    if "recovery_started" in kinds:
+        outcome = "rolled back" if "recovery_finished" in kinds else "rollback unfinished"
+    elif "release_manifest" in kinds:
+        outcome = "rollback released" if params.get("rollback") else "released"
+    else:
+        outcome = "not released" if not r.passed else "nothing to change"
+    return {
+        "run_id": r.run_id,
+        "app": params.get("app"),
+        "version": params.get("version") or ("previous" if params.get("rollback") else None),
+        "change": params.get("change"),
+        "emergency": bool(params.get("emergency")),
+        "outcome": outcome,
+        "status": r.status.value,
+    }
 
 
 def _runless_refusals(ledger: Ledger, region: str, trade_date: date) -> list[dict[str, Any]]:
