@@ -426,7 +426,7 @@ async def _run_recovery(
                 "status": result.status.value,
                 "region": ctx.region,
                 "key_version": ctx.key_version,
-                "key_base": ctx.key_version.split("#", 1)[0],
+                "key_base": ctx.key_version.rsplit("/", 1)[0],
             },
             ref=ref,
         )

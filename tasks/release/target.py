@@ -100,9 +100,17 @@ def resolve(estate: Estate, region: str, params: Any, ledger: Any = None) -> Tar
 
 
 def key_version(params: Any, estate: Estate, ledger: Any) -> str:
-    """The run's idempotency scope: ``app@version#attempt`` (a new attempt after a rollback)."""
+    """The run's idempotency scope: ``app@version#m<seq>/a<attempt>``.
+
+    ``m<seq>`` is the ledger position of the region's last verified release of the app
+    (0: none yet): releasing 5.0.4, then 5.0.5, then 5.0.4 again are three releases, while
+    every re-run of a stopped release, before it is verified, shares its keys. ``a<n>``
+    counts the rollbacks of that release: a retry after one gets keys of its own.
+    """
     t = resolve(estate, params.region.lower(), params, ledger)
-    return f"{t.base}#{records.attempts(ledger, t.region, t.base) + 1}"
+    found = records.manifest_entries(ledger, t.region, t.name)
+    base = f"{t.base}#m{found[-1].seq if found else 0}"
+    return f"{base}/a{records.attempts(ledger, t.region, base) + 1}"
 
 
 def now(estate: Estate) -> datetime:
