@@ -173,7 +173,7 @@ class AppRelease(Model):
     approver_group: str = Field(description="the group whose members authorise a release")
     keep: int = Field(default=3, ge=2, description="releases kept on each host (current included)")
     batches: list[Annotated[int | str, BeforeValidator(_batch)]] = Field(
-        default_factory=lambda: [1, "50%", "100%"],
+        default_factory=lambda: list[int | str]([1, "50%", "100%"]),
         min_length=1,
         description="canary first, then the rest: host counts or shares of the hosts",
     )

@@ -29,7 +29,9 @@ def test_each_runbook_is_a_flow_over_its_parameters(key: str) -> None:
 
 
 def test_an_unknown_runbook_lists_the_declared_ones() -> None:
-    with pytest.raises(UnknownNameError, match="unknown runbook 'eodx'; valid runbooks: eod, release, sod"):
+    with pytest.raises(
+        UnknownNameError, match="unknown runbook 'eodx'; valid runbooks: eod, release, sod"
+    ):
         catalog.get("eodx")
 
 

@@ -227,7 +227,9 @@ def test_a_policy_field_the_runbook_does_not_have_is_refused(tmp_path: Path) -> 
 
 def test_an_unknown_runbook_lists_the_declared_ones(tmp_path: Path) -> None:
     p = mutate(tmp_path, "  eod:\n", "  eodd:\n")
-    with pytest.raises(UnknownNameError, match="unknown runbook 'eodd'; valid runbooks: eod, release, sod"):
+    with pytest.raises(
+        UnknownNameError, match="unknown runbook 'eodd'; valid runbooks: eod, release, sod"
+    ):
         load_estate(p)
 
 

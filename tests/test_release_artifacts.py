@@ -57,7 +57,7 @@ def repo() -> Iterator[tuple[Repo, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             parts = self.path.strip("/").split("/")
             body: bytes
             if parts == ["oms", "index.json"]:

@@ -39,9 +39,7 @@ def test_prune_never_removes_current_the_way_back_or_unknown_releases() -> None:
         "1.1",
     ]
     # keep 3: the newest other release stays; "stray" has no history, so it is never removed
-    assert layout.to_prune(releases, keep=3, current="1.3", protect=["1.2"], order=order) == [
-        "1.0"
-    ]
+    assert layout.to_prune(releases, keep=3, current="1.3", protect=["1.2"], order=order) == ["1.0"]
     # the way back is kept even when it is the oldest
     assert layout.to_prune(releases, keep=2, current="1.3", protect=["1.0"], order=order) == [
         "1.1",

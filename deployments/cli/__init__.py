@@ -4,7 +4,8 @@ Errors are one red line and a non-zero exit code; ``--json`` gives machine-reada
 output where a script would want it.
 
 One module per command group: ``runs`` (validate, plan, run), ``approvals`` (approve,
-reject, approvals), ``reports`` (report), ``versions`` (versions) and ``schedule`` (calendar, deploy, doctor,
+reject, approvals), ``reports`` (report), ``versions`` (versions) and
+``schedule`` (calendar, deploy, doctor,
 worker, catchup) put their commands on the root app; ``lab`` and ``audit`` are groups of
 their own; ``common`` holds what they share (consoles, errors, option types, checks).
 Each keeps its heavy imports inside its commands: ``openbell --help`` imports no Prefect.

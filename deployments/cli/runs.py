@@ -113,7 +113,9 @@ def plan(
         try:
             when = datetime.fromisoformat(at.replace("Z", "+00:00"))
         except ValueError:
-            raise typer.BadParameter(f"--at {at!r}: expected an ISO time, e.g. 2026-12-02T14:00Z")
+            raise typer.BadParameter(
+                f"--at {at!r}: expected an ISO time, e.g. 2026-12-02T14:00Z"
+            ) from None
         if when.tzinfo is None:
             raise typer.BadParameter(f"--at {at!r}: give its zone, e.g. 2026-12-02T14:00+00:00")
     params = rb.params(region=region.lower(), **extra)

@@ -25,7 +25,9 @@ def read_versions(estate: Any, region: str) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     with Ledger() as ledger:
-        manifest = {a: records.manifest_version(ledger, region, a) for a in releasable(estate, region)}
+        manifest = {
+            a: records.manifest_version(ledger, region, a) for a in releasable(estate, region)
+        }
     pool = SshPool(estate)
 
     async def health(url: str, target: str) -> str:
@@ -85,8 +87,13 @@ def versions(region: Region, estate_path: EstateOpt = None, as_json: JsonOpt = F
         for r in rows:
             mark = "[green]ok[/]" if r["agrees"] else "[red]MISMATCH[/]"
             table.add_row(
-                r["app"], r["host"], r["manifest"] or "-", r["estate"] or "-", r["current"],
-                r["running"], mark,
+                r["app"],
+                r["host"],
+                r["manifest"] or "-",
+                r["estate"] or "-",
+                r["current"],
+                r["running"],
+                mark,
             )
         out.print(table)
     raise typer.Exit(0 if all(r["agrees"] for r in rows) else 1)

@@ -338,7 +338,7 @@ def policy_for(ctx: RunContext, step: str) -> ApprovalPolicy | None:
         return None
     override = ctx.approval_overrides.get(step)
     if override is not None:
-        return override.policy  # type: ignore[no-any-return]
+        return override.policy
     policy = ctx.estate.policy(ctx.runbook).approvals
     if policy is None or step not in policy.steps:
         return None

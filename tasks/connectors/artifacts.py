@@ -87,7 +87,9 @@ def _get(repo: ArtifactRepository, path: str) -> httpx.Response:
     try:
         answer = httpx.get(url, timeout=repo.timeout_s, follow_redirects=False)
     except httpx.HTTPError as exc:
-        raise ArtifactRefused(f"artifact repository: GET {url}: {type(exc).__name__}: {exc}")
+        raise ArtifactRefused(
+            f"artifact repository: GET {url}: {type(exc).__name__}: {exc}"
+        ) from None
     return answer
 
 

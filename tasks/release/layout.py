@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
@@ -64,21 +65,22 @@ def read_state(root: str) -> list[str]:
         'if [ -L current ]; then echo "current=$(readlink current)"; '
         "elif [ -e current ]; then echo current_is_dir=1; fi; "
         'for d in releases/*/; do [ -d "$d" ] || continue; d=${d%/}; '
-        'echo "release=${d#releases/}"; [ -e "$d/BAD_RELEASE" ] && echo "bad=${d#releases/}"; done; '
+        'echo "release=${d#releases/}"; '
+        '[ -e "$d/BAD_RELEASE" ] && echo "bad=${d#releases/}"; done; '
         f'[ -e {LOCK_DIR}/owner ] && echo "lock=$(cat {LOCK_DIR}/owner)"; exit 0'
     )
     return ["sh", "-c", script, "sh", root]
 
 
-def parse_state(stdout: str) -> dict[str, object]:
+def parse_state(stdout: str) -> dict[str, Any]:
     """``read_state``'s output as {current, current_is_dir, releases, bad, lock, missing}."""
-    state: dict[str, object] = {"current": None, "releases": [], "bad": [], "lock": None}
+    state: dict[str, Any] = {"current": None, "releases": [], "bad": [], "lock": None}
     for line in stdout.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
             continue
         if key in ("release", "bad"):
-            state["releases" if key == "release" else "bad"].append(value)  # type: ignore[union-attr]
+            state["releases" if key == "release" else "bad"].append(value)
         elif key in ("current_is_dir", "missing"):
             state[key] = True
         else:
@@ -140,7 +142,10 @@ def staging_dir(root: str, version: str, run_id: str) -> str:
 
 def remove_stale_staging(root: str) -> list[str]:
     """Remove what dead runs left half unpacked (never a release: those have no dot)."""
-    script = 'cd -- "$1/releases" 2>/dev/null || exit 0; for d in .staging-*; do [ -e "$d" ] && rm -rf -- "$d"; done; exit 0'
+    script = (
+        'cd -- "$1/releases" 2>/dev/null || exit 0; '
+        'for d in .staging-*; do [ -e "$d" ] && rm -rf -- "$d"; done; exit 0'
+    )
     return ["sh", "-c", script, "sh", root]
 
 
@@ -236,7 +241,8 @@ def to_prune(
     this app's releases, oldest first): a directory listing is no history.
 
     Example:
-        >>> to_prune(["1", "2", "3", "4"], keep=2, current="4", protect=["3"], order=["1", "2", "3", "4"])
+        >>> to_prune(["1", "2", "3", "4"], keep=2, current="4", protect=["3"],
+        ...          order=["1", "2", "3", "4"])
         ['1', '2']
     """
     kept = {r for r in (current, *protect) if r}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from openbell import chaos
 from openbell.errors import HttpError, OpenbellError
@@ -44,7 +44,7 @@ def target_of(ctx: RunContext) -> Target:
     if found is None:
         found = resolve(ctx.estate, ctx.region, ctx.params, ctx.ledger)
         ctx.scratch["target"] = found
-    return found  # type: ignore[no-any-return]
+    return cast(Target, found)
 
 
 def policy_of(estate: Estate) -> ReleasePolicy:
@@ -64,7 +64,7 @@ async def artifact_of(ctx: RunContext) -> Artifact:
         cache = get_settings().home / "artifacts"
         found = await in_thread(ctx, fetch_artifact, ctx.estate.artifacts, t.name, t.version, cache)
         ctx.scratch["artifact"] = found
-    return found  # type: ignore[no-any-return]
+    return cast(Artifact, found)
 
 
 def _emergency(ctx: RunContext) -> bool:
@@ -241,7 +241,8 @@ def plan_artifact(p: PlanContext) -> StepPlan:
         actions=[
             PlannedAction(
                 target=t.base,
-                action=f"GET {url}/{t.name}/{t.version}/index.json and the file; check its size, sha256 {signed}before any host is touched",
+                action=f"GET {url}/{t.name}/{t.version}/index.json and the file; check its "
+                f"size, sha256 {signed}before any host is touched",
             )
         ]
     )
@@ -794,7 +795,8 @@ def plan_rollout(p: PlanContext) -> StepPlan:
         actions += _plan_switch(p, t, batch)
     return StepPlan(
         actions=actions,
-        note=f"at most {t.release.max_failed_hosts} failed host(s); no batch starts past the point of no return",
+        note=f"at most {t.release.max_failed_hosts} failed host(s); no batch starts past "
+        "the point of no return",
     )
 
 
@@ -1021,7 +1023,8 @@ def plan_rollback(p: PlanContext) -> StepPlan:
         actions=[
             PlannedAction(
                 target=t.target(h),
-                action=f"if switched by this release: back to the release the ledger recorded for {h} before, then mark {t.version} {layout.BAD_MARK}",
+                action=f"if switched by this release: back to the release the ledger "
+                f"recorded for {h} before, then mark {t.version} {layout.BAD_MARK}",
             )
             for h in reversed(t.hosts)
         ],
