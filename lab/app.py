@@ -7,6 +7,10 @@ answers::
     {"app": "emea-oms", "status": "ok", "version": "5.0.3",
      "started_at": "2026-11-26T07:00:01Z", "pid": 4242, "host": "emea-app1"}
 
+Where the app has a release block, it runs what ``<release_root>/current`` links: its
+``app.json`` gives the version it reports, ``health: fail`` (503), ``crash_after_s``
+(exits that long after start) and ``log_errors`` (an ERROR line each second).
+
 Faults (read per request): ``wrong_version`` (params ``version``) makes it report that
 version; ``latency`` (params ``ms``) delays every answer. SIGTERM stops it cleanly and
 removes its pid file if the file still names this process.
@@ -15,6 +19,7 @@ removes its pid file if the file still names this process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,17 +46,27 @@ class AppState:
         self.name: str = manifest["app"]
         self.book = FaultBook(root.parents[1] / "faults.json")
         self.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        #: what the release ``current`` links says (``app.json``), read once at start
+        self.release: dict[str, Any] = {}
+        rel = manifest.get("release_root")
+        if rel:
+            with contextlib.suppress(OSError, ValueError):
+                self.release = json.loads((root / rel / "current" / "app.json").read_text())
 
     def version(self) -> str:
         fault = self.book.get("wrong_version", self.name)
         if fault and fault.params.get("version"):
             return str(fault.params["version"])
-        return str(self.manifest["version"])
+        return str(self.release.get("version") or self.manifest["version"])
+
+    @property
+    def healthy(self) -> bool:
+        return self.release.get("health", "ok") == "ok"
 
     def health(self) -> dict[str, Any]:
         return {
             "app": self.name,
-            "status": "ok",
+            "status": "ok" if self.healthy else "failing",
             "version": self.version(),
             "started_at": self.started_at,
             "pid": os.getpid(),
@@ -72,7 +87,7 @@ class HealthHandler(BaseHTTPRequestHandler):
             time.sleep(delay)
         path = self.path.split("?", 1)[0]
         if path in ("/health", state.manifest.get("health_path")):
-            self._json(200, state.health())
+            self._json(200 if state.healthy else 503, state.health())
         else:
             self._json(404, {"error": "not found", "path": path})
 
@@ -119,7 +134,15 @@ def serve(root: Path, name: str) -> int:
         manifest["address"],
         manifest.get("port"),
     )
-    stop.wait()
+    crash = state.release.get("crash_after_s")
+    noisy = bool(state.release.get("log_errors"))
+    begun = time.monotonic()
+    while not stop.wait(1.0 if noisy or crash else None):
+        if noisy:
+            log.error("%s %s: order router queue overflow (lab fault)", name, state.version())
+        if crash and time.monotonic() - begun >= float(crash):
+            log.error("%s %s: crashed %g s after start (lab release)", name, state.version(), crash)
+            os._exit(1)
     if server is not None:
         server.shutdown()
         server.server_close()

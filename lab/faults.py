@@ -28,6 +28,9 @@ price_mismatch       database   a fill's price differs on one side (default drop
 duplicate_exec_id    database   an ExecID appears twice on one side (default drop_copy)
 order_left_open      database   a day order is still open after the close
 latency              ``*``      every lab answer (SSH, FIX, HTTP) waits ``ms``
+disk_full            host       ``df`` reports every path 100% used, 0 available
+corrupt_artifact     app        the repository serves the app's artifacts (or only
+                                ``app@version``) with one byte flipped
 ==================== ========== ===================================================
 
 The trade breaks take ``trade_date`` (default: the region's last closed session) and
@@ -61,6 +64,8 @@ KINDS = {
     "duplicate_exec_id": "database",
     "order_left_open": "database",
     "latency": "*",
+    "disk_full": "host",
+    "corrupt_artifact": "app",
 }
 
 

@@ -66,6 +66,8 @@ def generate_estate(
     regions: Sequence[str] = ("apac", "emea", "amer"),
     base_port: int | None = None,
     approvals: dict[str, Any] | None = None,
+    release_hosts: int = 0,
+    soak_s: float = 2.0,
 ) -> Path:
     """Write an estate YAML for the lab and return its path.
 
@@ -80,6 +82,13 @@ def generate_estate(
         base_port: first port to try (default: a random spot below the ephemeral range).
         approvals: ``runbooks.sod.approvals`` for the estate, e.g.
             ``{"steps": ["apps"], "ttl_minutes": 1}``; default none (no run waits).
+        release_hosts: when > 0, each region also gets that many hosts (``<region>-rt001``
+            ...) on their own loopback addresses (127.0.0.10 and up) running one app,
+            ``<region>-router``, for releases rolled out over several hosts.
+        soak_s: the soak of every app's release block.
+
+    Every app has a release block (laid out under ``apps/<app>`` on its hosts, approved by
+    the region's approver group) and the estate the lab's artifact repository.
 
     Beside the estate it writes ``entitlements.yaml``: in each region ``<region>-oncall``
     runs and reports start and end of day, ``<region>-lead`` also approves, cancels and
@@ -98,7 +107,7 @@ def generate_estate(
         )
     if any(r != r.lower() for r in regions):
         raise ValueError(f"region names must be lower case: {list(regions)}")
-    n_ports = hosts * (1 + apps_per_host) + fix_sessions + 2
+    n_ports = hosts * (1 + apps_per_host) + fix_sessions + 3 + len(regions) * (release_hosts + 1)
     ports = iter(free_ports(n_ports, base_port))
     doc: dict[str, Any] = {
         "version": 1,
@@ -109,10 +118,31 @@ def generate_estate(
     host_names = _spread(regions, hosts)
     doc["hosts"] = {name: _host(region, name, next(ports)) for region, name in host_names}
     doc["apps"] = _apps(regions, host_names, apps_per_host, tiers, ports)
+    if release_hosts > 0:
+        _routers(doc, regions, release_hosts, ports)
+    for name, app in doc["apps"].items():
+        region = doc["hosts"][app["hosts"][0]]["region"]
+        role = name.split("-")[1] if "-" in name else "service"
+        app["kind"] = KINDS_BY_ROLE.get(role, "service")
+        app["release"] = {
+            "root": f"apps/{name}",
+            "approver_group": f"{region}-approvers",
+            "soak_s": soak_s,
+            "soak_interval_s": 0.5,
+            "log_file": f"var/log/{name}.log",
+        }
     doc["fix_sessions"] = _fix_sessions(regions, fix_sessions, ports)
     doc["feeds"] = _feeds(regions, feeds, next(ports))
     doc["databases"] = _databases(regions, host_names, next(ports))
     doc["people"], doc["groups"] = _people(regions)
+    from openbell.lab.artifacts import lab_public_key
+
+    doc["environment"] = "lab"
+    doc["artifacts"] = {
+        "url": f"http://127.0.0.1:{next(ports)}",
+        "signing_keys": {"lab": lab_public_key()},
+        "require_signature": True,
+    }
     doc["runbooks"] = {"eod": {"before_close": "refuse"}}
     if approvals:
         doc["runbooks"]["sod"] = {"approvals": approvals}
@@ -255,6 +285,37 @@ def _app(name: str, host: str, port: int, version: str, deps: list[str]) -> dict
     if deps:
         app["depends_on"] = deps
     return app
+
+
+#: what each generated role is, for pre-release checks declared per kind.
+KINDS_BY_ROLE = {
+    "refdata": "service",
+    "risk": "risk",
+    "oms": "oms",
+    "fixgw": "gateway",
+    "algo": "algo",
+    "pricer": "marketdata",
+    "hedger": "algo",
+    "recon": "service",
+    "router": "service",
+}
+
+
+def _routers(doc: dict[str, Any], regions: Sequence[str], count: int, ports: Iterator[int]) -> None:
+    """Per region, ``count`` hosts on their own loopback addresses and one app on all."""
+    address = 10
+    for region in regions:
+        names = []
+        for i in range(count):
+            name = f"{region}-rt{i + 1:03d}"
+            host = _host(region, name, next(ports))
+            host["address"] = f"127.0.0.{address}"
+            address += 1
+            doc["hosts"][name] = host
+            names.append(name)
+        app = _app(f"{region}-router", names[0], next(ports), "3.0.0", [])
+        app["hosts"] = names
+        doc["apps"][f"{region}-router"] = app
 
 
 def _fix_sessions(regions: Sequence[str], count: int, ports: Iterator[int]) -> dict[str, Any]:

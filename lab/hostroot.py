@@ -53,7 +53,31 @@ def prepare_host(paths: LabPaths, estate: Estate, name: str) -> Path:
             inside(root, extra, f"hosts.{name}").mkdir(parents=True, exist_ok=True)
     install_tools(root / "bin")
     write_manifests(root, estate, name, host)
+    install_releases(root, estate, name)
     return root
+
+
+def install_releases(root: Path, estate: Estate, name: str) -> None:
+    """Lay out the first release of each releasable app on this host: ``releases/<E>/``
+    from the lab repository's artifact of its expected version, and ``current`` linking
+    it. Kept as it is once there (a release may have switched it since)."""
+    from openbell.lab.artifacts import artifact, unpack_into
+
+    for app_name, app in estate.apps.items():
+        if name not in app.hosts or app.release is None or estate.artifacts is None:
+            continue
+        base = inside(root, app.release.root, f"apps.{app_name}.release.root")
+        version = app.expected_version or DEFAULT_VERSION
+        release = base / "releases" / version
+        if not release.exists():
+            data, _ = artifact(estate, app_name, version)
+            staging = base / "releases" / f".staging-{version}-lab"
+            staging.mkdir(parents=True, exist_ok=True)
+            unpack_into(data, staging)
+            staging.rename(release)
+        current = base / "current"
+        if not current.is_symlink() and not current.exists():
+            current.symlink_to(f"releases/{version}")
 
 
 def inside(root: Path, rel: str, key_path: str) -> Path:
@@ -98,6 +122,7 @@ def manifest_for(
         "version": app.expected_version or DEFAULT_VERSION,
         "log": f"{log_dir}/{app_name}.log",
         "pidfile": f"var/run/{app_name}.pid",
+        "release_root": app.release.root if app.release else None,
     }
 
 

@@ -16,10 +16,11 @@ host_blackhole  TCP accepted, nothing ever sent (the client's banner/connect tim
 slow_host       ``seconds`` wait before each command runs (not run if the client
                 gives up first)
 latency         ``ms`` wait before each command's answer (the command already ran)
+disk_full       ``df`` answers 100% used, 0 available, for every path it is asked
 =============== ==================================================================
 
 A command that changes files (``tar -c``, ``rm``, ``mv``, ``cp``, ``mkdir``,
-``truncate``), sent as one quoted argv the way openbell sends commands, is recorded in
+``truncate``, ``ln``), sent as one quoted argv the way openbell sends commands, is recorded in
 the lab's effects log (``lab.effects``) with its argv and exit status, so tests can
 count archives written and files removed. Free shell lines are not classified.
 """
@@ -60,6 +61,7 @@ EFFECT_KINDS = {
     "cp": "copy",
     "mkdir": "mkdir",
     "truncate": "truncate",
+    "ln": "link",
 }
 
 
@@ -249,6 +251,13 @@ class SshHost:
             )
             return
         log.info("host %s: exec %s", self.name, argv[-1])
+        full = self.book.get("disk_full", self.name)
+        if full and process.command is not None:
+            answer = _full_df(process.command)
+            if answer is not None:
+                process.stdout.write(answer.encode())
+                _report_exit(process, 0)
+                return
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -396,6 +405,22 @@ def effect_of(command: str | None) -> tuple[str | None, list[str]]:
         )
         kind = kind if creates else None
     return kind, argv
+
+
+def _full_df(command: str) -> str | None:
+    """What ``df`` answers on a host with fault ``disk_full``: every path asked 100% used
+    and nothing available, in ``df -P``'s format; None when the command is not ``df``."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    if not argv or argv[0] != "df":
+        return None
+    paths = [a for a in argv[1:] if not a.startswith("-")] or ["/"]
+    head = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n"
+    return head + "".join(
+        f"/dev/labdisk      10485760  10485760         0     100% {p}\n" for p in paths
+    )
 
 
 def _down_hosts(faults: list[Fault]) -> set[str]:

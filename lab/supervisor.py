@@ -65,7 +65,7 @@ class Endpoint:
     Attributes:
         name: the estate name (host, FIX session, ``feeds@address:port`` or
             ``oms-admin@address:port``).
-        kind: ``ssh``, ``feed``, ``oms_admin`` or ``fix``.
+        kind: ``ssh``, ``feed``, ``oms_admin``, ``artifacts`` or ``fix``.
         served: False when the lab cannot serve it (e.g. no FIX venue module yet).
         listening: whether a TCP connect succeeded (None when not probed).
     """
@@ -361,6 +361,7 @@ class Lab:
     feeds: FeedServers | None = None
     admin: OmsAdminServers | None = None
     fix_servers: list[Any] | None = field(default=None)
+    artifacts: Any = None
 
     async def start(self) -> None:
         """Bring every component up; the listeners are bound when this returns.
@@ -378,6 +379,11 @@ class Lab:
         self.admin = OmsAdminServers(self.estate, self.book, EffectsLog(self.paths.effects_file))
         await self.admin.start()
         self.fix_servers = await _start_fix_venue(self.estate, self.book)
+        if self.estate.artifacts is not None:
+            from openbell.lab.artifacts import ArtifactServer
+
+            self.artifacts = ArtifactServer(self.estate, self.book)
+            await self.artifacts.start()
         await asyncio.to_thread(self.rotate_logs)
 
     def endpoints(self) -> list[Endpoint]:
@@ -388,6 +394,9 @@ class Lab:
             out += [
                 Endpoint(f"oms-admin@{a}:{p}", "oms_admin", a, p) for a, p in self.admin.endpoints
             ]
+        if self.artifacts is not None:
+            a = self.artifacts
+            out.append(Endpoint(f"artifacts@{a.address}:{a.port}", "artifacts", a.address, a.port))
         seen: set[tuple[str, int]] = set()
         for name, s in self.estate.fix_sessions.items():
             if (s.address, s.port) not in seen:
@@ -443,6 +452,8 @@ class Lab:
             await self.feeds.aclose()
         if self.admin:
             await self.admin.aclose()
+        if self.artifacts is not None:
+            await self.artifacts.aclose()
         for server in self.fix_servers or []:
             server.close()
         for server in self.fix_servers or []:
