@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feeds", type=int, default=4)
     parser.add_argument("--regions", default="apac,emea,amer", help="comma-separated")
     parser.add_argument("--base-port", type=int, default=None)
+    parser.add_argument("--release-hosts", type=int, default=0, help="hosts of <region>-router")
+    parser.add_argument("--soak-s", type=float, default=2.0, help="soak of every release")
     args = parser.parse_args(argv)
     path = generate_estate(
         args.out,
@@ -448,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         feeds=args.feeds,
         regions=tuple(args.regions.split(",")),
         base_port=args.base_port,
+        release_hosts=args.release_hosts,
+        soak_s=args.soak_s,
     )
     print(path)
     return 0
