@@ -68,6 +68,7 @@ def generate_estate(
     approvals: dict[str, Any] | None = None,
     release_hosts: int = 0,
     soak_s: float = 2.0,
+    release_regions: Sequence[str] | None = None,
 ) -> Path:
     """Write an estate YAML for the lab and return its path.
 
@@ -86,6 +87,7 @@ def generate_estate(
             ...) on their own loopback addresses (127.0.0.10 and up) running one app,
             ``<region>-router``, for releases rolled out over several hosts.
         soak_s: the soak of every app's release block.
+        release_regions: the regions that get the router hosts (default: every region).
 
     Every app has a release block (laid out under ``apps/<app>`` on its hosts, approved by
     the region's approver group) and the estate the lab's artifact repository.
@@ -119,7 +121,7 @@ def generate_estate(
     doc["hosts"] = {name: _host(region, name, next(ports)) for region, name in host_names}
     doc["apps"] = _apps(regions, host_names, apps_per_host, tiers, ports)
     if release_hosts > 0:
-        _routers(doc, regions, release_hosts, ports)
+        _routers(doc, list(release_regions or regions), release_hosts, ports)
     for name, app in doc["apps"].items():
         region = doc["hosts"][app["hosts"][0]]["region"]
         role = name.split("-")[1] if "-" in name else "service"

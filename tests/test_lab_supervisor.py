@@ -28,7 +28,7 @@ def test_status_lists_every_endpoint_listening(lab_estate: tuple[Path, Estate]) 
     st = supervisor.status()
     assert st.running and st.ready and st.estate == str(path.resolve())
     kinds = {e.kind for e in st.endpoints}
-    assert kinds == {"ssh", "feed", "fix", "oms_admin"}
+    assert kinds == {"ssh", "feed", "fix", "oms_admin", "artifacts"}
     ssh = {e.name: e for e in st.endpoints if e.kind == "ssh"}
     assert set(ssh) == set(estate.hosts)
     served = [e for e in st.endpoints if e.served]

@@ -1,0 +1,237 @@
+"""Releases against the lab, on a real Prefect server: canary to rollback, exactly once.
+
+The session lab runs ``apac-router`` on three hosts (``apac-rt001..003``) at 3.0.0, laid
+out by release, and the lab's signed artifact repository. Runs start as ``apac-oncall``;
+``apac-lead`` (of the app's approver group) approves through the same path as
+``openbell approve`` (``tests/fixtures/approver.py``). The window is judged at a
+rehearsal moment inside it (the lab estate allows one). Each test has a ledger of its own
+and puts the router back on 3.0.0 afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openbell.deployments.runner import run_runbook
+from openbell.lab.effects import EffectsLog
+from openbell.lab.paths import LabPaths
+from openbell.outcome import Status
+from openbell.run import RunRecord
+from openbell.runbooks.schema import Estate
+from openbell.tasks.connectors.ssh import SshPool
+from openbell.tasks.release import layout
+from tests.fixtures.approver import AutoApprover
+
+pytestmark = pytest.mark.integration
+
+REGION, APP, OLD = "apac", "apac-router", "3.0.0"
+ROOT = f"apps/{APP}"
+#: a Saturday: every venue of apac closed, the window open until Monday's lead
+INSIDE_WINDOW = "2026-12-05T03:00:00+00:00"
+
+
+@pytest.fixture
+def lab(  # type: ignore[no-untyped-def]
+    prefect_server: str,
+    lab_estate: tuple[Path, Estate],
+    lab_faults: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Path, Estate, Any]]:
+    from openbell.settings import get_settings
+
+    monkeypatch.setenv("OPENBELL_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setenv("OPENBELL_REHEARSAL_AT", INSIDE_WINDOW)
+    get_settings.cache_clear()
+    path, estate = lab_estate
+    hosts = estate.app(APP).hosts
+    _put_back(estate, hosts)
+    yield path, estate, lab_faults
+    _put_back(estate, hosts)
+
+
+def _put_back(estate: Estate, hosts: list[str]) -> None:
+    """The router on 3.0.0 everywhere, running, with no other release and no lock."""
+    app = estate.app(APP)
+    script = (
+        'cd -- "$1" && rm -rf .openbell.lock current.next && '
+        'for d in releases/*/; do d=${d%/}; [ "$d" = "releases/$2" ] || rm -rf -- "$d"; done; '
+        'ln -sfn "releases/$2" current.next && mv -T -f current.next current'
+    )
+    with SshPool(estate) as pool:
+        for h in hosts:
+            assert pool.run(h, app.stop).ok
+            res = pool.run(h, ["sh", "-c", script, "sh", ROOT, OLD])
+            assert res.ok, res.stderr
+            assert pool.run(h, app.start).ok
+
+
+def release(path: Path, version: str | None = None, **extra: Any) -> RunRecord:
+    params = {"app": APP, "change": "CHG-1", "reason": "test", **extra}
+    if version:
+        params["version"] = version
+    return run_runbook(
+        "release", REGION, None, estate=path, operator=f"{REGION}-oncall", extra=params
+    )
+
+
+def approved_release(estate: Estate, path: Path, version: str | None = None, **kw: Any) -> RunRecord:
+    with AutoApprover(estate, REGION, f"{REGION}-lead"):
+        return release(path, version, **kw)
+
+
+def outcomes(record: RunRecord, name: str) -> dict[str, Any]:
+    return {o.target: o for s in record.steps if s.name == name for o in s.outcomes}
+
+
+def current_versions(estate: Estate) -> dict[str, str | None]:
+    with SshPool(estate) as pool:
+        return {
+            h: layout.version_of_link(pool.run(h, layout.read_link(ROOT)).stdout)
+            for h in estate.app(APP).hosts
+        }
+
+
+def switches(since: int) -> dict[str, int]:
+    """``mv`` onto ``current`` per host, among effects after position ``since``."""
+    out: dict[str, int] = {}
+    for e in EffectsLog(LabPaths.of().effects_file).read()[since:]:
+        argv = e.detail.get("argv", [])
+        if e.kind == "move" and argv and argv[-1] == f"{ROOT}/current" and e.detail.get("exit") == 0:
+            out[e.target] = out.get(e.target, 0) + 1
+    return out
+
+
+def effects_now() -> int:
+    return len(EffectsLog(LabPaths.of().effects_file).read())
+
+
+def test_a_good_version_rolls_out_canary_first_and_start_of_day_checks_the_manifest(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, _ = lab
+    hosts = estate.app(APP).hosts
+    mark = effects_now()
+    record = approved_release(estate, path, "3.0.1")
+    assert record.passed, [(s.name, s.summary()) for s in record.steps if not s.passed]
+    canary, rest = outcomes(record, "canary"), outcomes(record, "rollout")
+    assert list(canary) == [f"{APP}@{hosts[0]}"]
+    assert sorted(rest) == sorted(f"{APP}@{h}" for h in hosts[1:])
+    assert all(o.status == Status.CHANGED for o in [*canary.values(), *rest.values()])
+    canary_done = max(o.finished_at for o in canary.values())
+    assert all(o.started_at >= canary_done for o in rest.values())  # never before the canary
+    assert current_versions(estate) == dict.fromkeys(hosts, "3.0.1")
+    assert switches(mark) == dict.fromkeys(hosts, 1)
+    attest = outcomes(record, "attest")
+    assert all("3.0.0 -> 3.0.1" in o.detail for o in attest.values()) and len(attest) == 3
+    approvals = [e for e in _entries(record.run_id, "approval_verdict")]
+    assert approvals and approvals[-1].payload["status"] == "approved"
+
+    # start of day now expects the manifest's version: green for the router
+    from openbell.tasks.connectors import calendar
+
+    day = calendar.previous_session(estate.region(REGION).primary_calendar, date.today())
+    sod = run_runbook("sod", REGION, day, estate=path, operator=f"{REGION}-oncall")
+    router = {t: o for t, o in outcomes(sod, "apps").items() if t.startswith(APP)}
+    assert router and all(o.passed and "3.0.1" in o.detail for o in router.values()), router
+
+    # the same release again changes nothing and asks nobody
+    mark = effects_now()
+    again = release(path, "3.0.1")
+    assert again.passed
+    assert switches(mark) == {}
+    assert all(o.status == Status.OK for o in outcomes(again, "canary").values())
+
+    # --rollback returns the region to the version before, as a run of its own
+    back = approved_release(estate, path, None, rollback=True)
+    assert back.passed, [(s.name, s.summary()) for s in back.steps if not s.passed]
+    assert current_versions(estate) == dict.fromkeys(hosts, OLD)
+
+
+def test_a_version_that_crashes_in_its_soak_is_rolled_back_where_it_reached(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, _ = lab
+    hosts = estate.app(APP).hosts
+    mark = effects_now()
+    record = approved_release(estate, path, "9.0.1-crashes")
+    assert not record.passed
+    soak = outcomes(record, "soak")
+    assert any("not running" in o.detail or "soak sample" in o.detail for o in soak.values())
+    assert outcomes(record, "rollout") == {}  # the rest never switched
+    back = outcomes(record, "rollback")
+    assert back[f"{APP}@{hosts[0]}"].status == Status.CHANGED
+    assert "rolled back" in back[f"{APP}@{hosts[0]}"].detail
+    assert current_versions(estate) == dict.fromkeys(hosts, OLD)
+    # the canary switched there and back; the others were never touched
+    assert switches(mark) == {hosts[0]: 2}
+    with SshPool(estate) as pool:
+        bad = pool.run(hosts[0], ["cat", f"{ROOT}/releases/9.0.1-crashes/BAD_RELEASE"])
+    assert bad.ok and record.run_id in bad.stdout
+    md = Path(record.reports["md"]).read_text()
+    assert "Rolled back" in md and "soak sample" in md
+    # and a retry of the same version is refused before any host changes
+    mark = effects_now()
+    retry = approved_release(estate, path, "9.0.1-crashes")
+    assert not retry.passed and "BAD_RELEASE" in str(
+        [o.detail for o in outcomes(retry, "preflight").values()]
+    )
+    assert switches(mark) == {}
+
+
+def test_a_corrupted_artifact_is_refused_before_any_host_changes(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, book = lab
+    from openbell.lab import supervisor
+
+    book.add("corrupt_artifact", APP)
+    assert supervisor.wait_faults_applied(timeout_s=10)
+    mark = effects_now()
+    record = release(path, "3.0.1")
+    assert not record.passed
+    (art,) = outcomes(record, "artifact").values()
+    assert art.status == Status.FAILED and "sha256 of what arrived" in art.detail
+    assert [s.name for s in record.steps] == ["window", "artifact"]
+    hosts = set(estate.app(APP).hosts)
+    assert [e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts] == []
+
+
+def test_a_full_disk_is_refused_in_preflight_and_nothing_is_staged(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, book = lab
+    from openbell.lab import supervisor
+
+    hosts = estate.app(APP).hosts
+    book.add("disk_full", hosts[1])
+    assert supervisor.wait_faults_applied(timeout_s=10)
+    mark = effects_now()
+    record = release(path, "3.0.1")
+    assert not record.passed
+    pre = outcomes(record, "preflight")
+    assert "not enough room" in pre[f"{APP}@{hosts[1]}"].detail
+    assert "stage" not in [s.name for s in record.steps]
+    assert [e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts] == []
+
+
+def test_the_requester_cannot_approve_their_own_release(lab) -> None:  # type: ignore[no-untyped-def]
+    path, estate, _ = lab
+    result: dict[str, RunRecord] = {}
+    runner = threading.Thread(target=lambda: result.setdefault("r", release(path, "3.0.1")))
+    with AutoApprover(estate, REGION, f"{REGION}-oncall") as selfie:
+        runner.start()
+        deadline = time.monotonic() + 120
+        while not selfie.refused and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert selfie.refused and "requester" in selfie.refused[0].lower(), selfie.refused
+    assert current_versions(estate) == dict.fromkeys(estate.app(APP).hosts, OLD)  # still waiting
+    with AutoApprover(estate, REGION, f"{REGION}-lead"):
+        runner.join(180)
+    assert result["r"].passed
+
+
+def _entries(run_id: str, *kinds: str) -> list[Any]:
+    from openbell.tasks.ledger import Ledger
+
+    with Ledger() as ledger:
+        return ledger.entries(run_id=run_id, kinds=list(kinds))
