@@ -120,7 +120,7 @@ def build(app_name: str, version: str, behaviour_json: str) -> tuple[bytes, dict
     }
     files = {
         "app.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-        "bin/README": f"{app_name} {version}: a lab release (see openbell.lab.artifacts)\n".encode(),
+        "bin/README": f"{app_name} {version}: a lab release (openbell.lab.artifacts)\n".encode(),
     }
     sums = "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in sorted(files))
     files["SHA256SUMS"] = sums.encode()
@@ -195,8 +195,13 @@ class ArtifactServer:
         if parts[1:] == ["index.json"]:
             return _json(200, {"app": app_name, "versions": list(versions)})
         if len(parts) < 3 or parts[1] not in versions:
-            return _json(404, {"error": f"no version {parts[1] if len(parts) > 1 else ''!r} of "
-                                        f"{app_name}; versions: {list(versions)}"})
+            return _json(
+                404,
+                {
+                    "error": f"no version {parts[1] if len(parts) > 1 else ''!r} of "
+                    f"{app_name}; versions: {list(versions)}"
+                },
+            )
         data, entry = artifact(self.estate, app_name, parts[1])
         if parts[2:] == ["index.json"]:
             return _json(200, entry)

@@ -58,7 +58,7 @@ def test_first_deploy_creates_pools_deployments_and_the_runs_of_the_horizon(
     report = deployed.report
     planned = horizon_runs(deployed)
     assert report.count("work pool", "created") == 3
-    assert report.count("deployment", "created") == 9  # sod, eod and a keeper per region
+    assert report.count("deployment", "created") == 12  # sod, eod, release, a keeper per region
     assert report.count("run", "created") == len(planned) > 0
     assert report.count("file", "created") == 1
     assert [c for c in report.changes if c.action == "skipped"] == []
@@ -73,7 +73,8 @@ def test_first_deploy_creates_pools_deployments_and_the_runs_of_the_horizon(
     deps, runs = asyncio.run(read())
     assert sorted(deps) == [
         "eod-amer", "eod-apac", "eod-emea",
-        "keeper-amer", "keeper-apac", "keeper-emea", "sod-amer", "sod-apac", "sod-emea",
+        "keeper-amer", "keeper-apac", "keeper-emea", "release-amer", "release-apac", "release-emea",
+        "sod-amer", "sod-apac", "sod-emea",
     ]  # fmt: skip
     for name, dep in deps.items():
         region = name.split("-")[1]
@@ -184,7 +185,7 @@ def test_prefect_deploy_with_the_generated_file_makes_the_same_deployments(
         deploy(deployed.estate, deployed.api_url, prefect_yaml=deployed.prefect_yaml)
     )
     assert [c.line() for c in report.changes if c.kind == "deployment" and c.changed] == []
-    assert report.count("deployment", "unchanged") == 9
+    assert report.count("deployment", "unchanged") == 12
 
 
 def test_one_slot_per_runbook_and_region(deployed: Deployed) -> None:

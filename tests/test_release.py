@@ -82,7 +82,9 @@ def release(path: Path, version: str | None = None, **extra: Any) -> RunRecord:
     )
 
 
-def approved_release(estate: Estate, path: Path, version: str | None = None, **kw: Any) -> RunRecord:
+def approved_release(
+    estate: Estate, path: Path, version: str | None = None, **kw: Any
+) -> RunRecord:
     with AutoApprover(estate, REGION, f"{REGION}-lead"):
         return release(path, version, **kw)
 
@@ -104,7 +106,12 @@ def switches(since: int) -> dict[str, int]:
     out: dict[str, int] = {}
     for e in EffectsLog(LabPaths.of().effects_file).read()[since:]:
         argv = e.detail.get("argv", [])
-        if e.kind == "move" and argv and argv[-1] == f"{ROOT}/current" and e.detail.get("exit") == 0:
+        if (
+            e.kind == "move"
+            and argv
+            and argv[-1] == f"{ROOT}/current"
+            and e.detail.get("exit") == 0
+        ):
             out[e.target] = out.get(e.target, 0) + 1
     return out
 
@@ -113,7 +120,7 @@ def effects_now() -> int:
     return len(EffectsLog(LabPaths.of().effects_file).read())
 
 
-def test_a_good_version_rolls_out_canary_first_and_start_of_day_checks_the_manifest(lab) -> None:  # type: ignore[no-untyped-def]
+def test_a_good_version_rolls_out_canary_first_then_sod_checks_the_manifest(lab) -> None:  # type: ignore[no-untyped-def]
     path, estate, _ = lab
     hosts = estate.app(APP).hosts
     mark = effects_now()
@@ -153,7 +160,7 @@ def test_a_good_version_rolls_out_canary_first_and_start_of_day_checks_the_manif
     assert current_versions(estate) == dict.fromkeys(hosts, OLD)
 
 
-def test_a_version_that_crashes_in_its_soak_is_rolled_back_where_it_reached(lab) -> None:  # type: ignore[no-untyped-def]
+def test_a_version_crashing_in_its_soak_is_rolled_back_where_it_reached(lab) -> None:  # type: ignore[no-untyped-def]
     path, estate, _ = lab
     hosts = estate.app(APP).hosts
     mark = effects_now()
@@ -182,7 +189,7 @@ def test_a_version_that_crashes_in_its_soak_is_rolled_back_where_it_reached(lab)
     assert switches(mark) == {}
 
 
-def test_a_corrupted_artifact_is_refused_before_any_host_changes(lab) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupted_artifact_is_refused_before_any_host_is_touched(lab) -> None:  # type: ignore[no-untyped-def]
     path, estate, book = lab
     from openbell.lab import supervisor
 
@@ -195,10 +202,12 @@ def test_a_corrupted_artifact_is_refused_before_any_host_changes(lab) -> None:  
     assert art.status == Status.FAILED and "sha256 of what arrived" in art.detail
     assert [s.name for s in record.steps] == ["window", "artifact"]
     hosts = set(estate.app(APP).hosts)
-    assert [e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts] == []
+    assert [
+        e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts
+    ] == []
 
 
-def test_a_full_disk_is_refused_in_preflight_and_nothing_is_staged(lab) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_disk_is_refused_in_preflight_nothing_staged(lab) -> None:  # type: ignore[no-untyped-def]
     path, estate, book = lab
     from openbell.lab import supervisor
 
@@ -211,7 +220,9 @@ def test_a_full_disk_is_refused_in_preflight_and_nothing_is_staged(lab) -> None:
     pre = outcomes(record, "preflight")
     assert "not enough room" in pre[f"{APP}@{hosts[1]}"].detail
     assert "stage" not in [s.name for s in record.steps]
-    assert [e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts] == []
+    assert [
+        e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts
+    ] == []
 
 
 def test_the_requester_cannot_approve_their_own_release(lab) -> None:  # type: ignore[no-untyped-def]
