@@ -115,7 +115,7 @@ def test_a_second_deploy_changes_nothing(
 
     human = CliRunner().invoke(app, ["deploy", "--estate", estate, "--prefect-yaml", str(path)])
     assert human.exit_code == 0
-    assert "0 changes; unchanged: 9 deployments, 1 file" in human.stdout
+    assert "0 changes; unchanged: 12 deployments, 1 file" in human.stdout
     assert "skipped" not in human.stdout  # every scheduled runbook has a flow now
 
 

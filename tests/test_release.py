@@ -234,6 +234,7 @@ def test_the_requester_cannot_approve_their_own_release(lab) -> None:  # type: i
         deadline = time.monotonic() + 120
         while not selfie.refused and time.monotonic() < deadline:
             time.sleep(0.2)
+            selfie.poll()
     assert selfie.refused and "requester" in selfie.refused[0].lower(), selfie.refused
     assert current_versions(estate) == dict.fromkeys(estate.app(APP).hosts, OLD)  # still waiting
     with AutoApprover(estate, REGION, f"{REGION}-lead"):
