@@ -196,7 +196,7 @@ def test_a_corrupted_artifact_is_refused_before_any_host_is_touched(lab) -> None
     book.add("corrupt_artifact", APP)
     assert supervisor.wait_faults_applied(timeout_s=10)
     mark = effects_now()
-    record = release(path, "3.0.1")
+    record = release(path, "3.1.0")  # a version no earlier test has fetched (and cached)
     assert not record.passed
     (art,) = outcomes(record, "artifact").values()
     assert art.status == Status.FAILED and "sha256 of what arrived" in art.detail
