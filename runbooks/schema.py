@@ -184,9 +184,6 @@ class AppRelease(Model):
         default=None, description="the app's log on the host, read for error lines in the soak"
     )
     error_pattern: str = Field(default="ERROR", min_length=1, description="an error line has it")
-    continue_after_canary: bool = Field(
-        default=False, description="a second decision, shown the canary's evidence, before the rest"
-    )
 
     @field_validator("root", "log_file")
     @classmethod
@@ -503,8 +500,9 @@ class ReleasePolicy(RunbookPolicy):
         default=10.0, gt=0, description="expected duration of one batch, soak included"
     )
     rollback_minutes: float = Field(default=15.0, gt=0, description="to put every host back")
-    rollback: Literal["automatic", "decision"] = Field(
-        default="automatic", description="after a failed verification: at once, or asked first"
+    rollback: Literal["automatic"] = Field(
+        default="automatic",
+        description="after a failed verification: at once (asking first is not built yet)",
     )
     ttl_minutes: float = Field(default=60.0, gt=0, description="an unanswered release is refused")
     emergency_approvers: int = Field(
