@@ -10,8 +10,6 @@ and puts the router back on 3.0.0 afterwards.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -223,23 +221,6 @@ def test_a_full_disk_is_refused_in_preflight_nothing_staged(lab) -> None:  # typ
     assert [
         e for e in EffectsLog(LabPaths.of().effects_file).read()[mark:] if e.target in hosts
     ] == []
-
-
-def test_the_requester_cannot_approve_their_own_release(lab) -> None:  # type: ignore[no-untyped-def]
-    path, estate, _ = lab
-    result: dict[str, RunRecord] = {}
-    runner = threading.Thread(target=lambda: result.setdefault("r", release(path, "3.0.1")))
-    with AutoApprover(estate, REGION, f"{REGION}-oncall") as selfie:
-        runner.start()
-        deadline = time.monotonic() + 120
-        while not selfie.refused and time.monotonic() < deadline:
-            time.sleep(0.2)
-            selfie.poll()
-    assert selfie.refused and "requester" in selfie.refused[0].lower(), selfie.refused
-    assert current_versions(estate) == dict.fromkeys(estate.app(APP).hosts, OLD)  # still waiting
-    with AutoApprover(estate, REGION, f"{REGION}-lead"):
-        runner.join(180)
-    assert result["r"].passed
 
 
 def _entries(run_id: str, *kinds: str) -> list[Any]:
