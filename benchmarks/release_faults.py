@@ -101,41 +101,6 @@ def setup(hosts: int) -> tuple[Path, Path, dict[str, str], Any]:
     return home, path, env, estate
 
 
-def versions(estate: Any) -> dict[str, str | None]:
-    from openbell.tasks.connectors.ssh import SshPool
-    from openbell.tasks.release import layout
-
-    with SshPool(estate) as pool:
-        return {
-            h: layout.version_of_link(pool.run(h, layout.read_link(ROOT)).stdout)
-            for h in estate.app(APP).hosts
-        }
-
-
-def switches_since(mark: int) -> dict[str, int]:
-    from openbell.lab.effects import EffectsLog
-    from openbell.lab.paths import LabPaths
-
-    out: dict[str, int] = {}
-    for e in EffectsLog(LabPaths.of().effects_file).read()[mark:]:
-        argv = e.detail.get("argv", [])
-        if (
-            e.kind == "move"
-            and argv
-            and argv[-1] == f"{ROOT}/current"
-            and e.detail.get("exit") == 0
-        ):
-            out[e.target] = out.get(e.target, 0) + 1
-    return out
-
-
-def effects_count() -> int:
-    from openbell.lab.effects import EffectsLog
-    from openbell.lab.paths import LabPaths
-
-    return len(EffectsLog(LabPaths.of().effects_file).read())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=100, help="kill points to try")
@@ -145,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from openbell.lab.artifacts import versions_of
     from tests.fixtures.approver import AutoApprover
     from tests.fixtures.killer import run_eod
+    from tests.fixtures.release import current_versions, effects_now, switches
 
     good = [
         v
@@ -196,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = good[2] if current == good[1] else good[1]
                 label = labels[i % len(labels)]
                 i += 1
-                mark = effects_count()
+                mark = effects_now()
                 killed = run(target, kill_at=label)
                 t_kill = time.monotonic()
                 if killed.killed:
@@ -204,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                 finished = run(target)
                 out["recovery_s"].append(time.monotonic() - t_kill)
                 out["chains"] += 1
-                now = versions(estate)
+                now = current_versions(estate, APP)
                 if len(set(now.values())) != 1:
                     out["mixed_versions"] += 1
                 if not finished.passed:
                     out["not_passed"] += 1
-                moved = switches_since(mark)
+                moved = switches(ROOT, mark)
                 out["double_switches"] += sum(1 for n in moved.values() if n > 1)
                 if finished.passed and set(now.values()) == {target}:
                     current = target

@@ -24,7 +24,7 @@ from openbell.outcome import Status
 from openbell.run import RunRecord
 from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors.ssh import SshPool
-from openbell.tasks.release import layout
+from tests.fixtures import release as release_state
 from tests.fixtures.approver import AutoApprover
 
 pytestmark = pytest.mark.integration
@@ -92,30 +92,14 @@ def outcomes(record: RunRecord, name: str) -> dict[str, Any]:
 
 
 def current_versions(estate: Estate) -> dict[str, str | None]:
-    with SshPool(estate) as pool:
-        return {
-            h: layout.version_of_link(pool.run(h, layout.read_link(ROOT)).stdout)
-            for h in estate.app(APP).hosts
-        }
+    return release_state.current_versions(estate, APP)
 
 
 def switches(since: int) -> dict[str, int]:
-    """``mv`` onto ``current`` per host, among effects after position ``since``."""
-    out: dict[str, int] = {}
-    for e in EffectsLog(LabPaths.of().effects_file).read()[since:]:
-        argv = e.detail.get("argv", [])
-        if (
-            e.kind == "move"
-            and argv
-            and argv[-1] == f"{ROOT}/current"
-            and e.detail.get("exit") == 0
-        ):
-            out[e.target] = out.get(e.target, 0) + 1
-    return out
+    return release_state.switches(ROOT, since)
 
 
-def effects_now() -> int:
-    return len(EffectsLog(LabPaths.of().effects_file).read())
+effects_now = release_state.effects_now
 
 
 def test_a_good_version_rolls_out_canary_first_then_sod_checks_the_manifest(lab) -> None:  # type: ignore[no-untyped-def]
