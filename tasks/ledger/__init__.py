@@ -53,7 +53,8 @@ from openbell.tasks.ledger.chain import (
 )
 from openbell.tasks.ledger.errors import LedgerError, RunLockedError
 from openbell.tasks.ledger.runs import CompletionKey
-from openbell.tasks.ledger.store import Entry, Ledger, NewEntry, ledger_url
+from openbell.tasks.ledger.entry import Entry, NewEntry
+from openbell.tasks.ledger.store import Ledger, ledger_url
 
 __all__ = [
     "GENESIS",

@@ -16,7 +16,6 @@ same head cannot be inserted at all. Updates and deletes are refused by triggers
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -25,11 +24,10 @@ import os
 import re
 import threading
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -40,11 +38,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from openbell.outcome import Outcome, Status, utcnow
-from openbell.run import RunRecord, StepResult
+from openbell.outcome import utcnow
 from openbell.secrets import redact, register
 from openbell.settings import get_settings
-from openbell.tasks.ledger import runs
 from openbell.tasks.ledger.bundle import write_bundle
 from openbell.tasks.ledger.chain import (
     GENESIS,
@@ -54,11 +50,12 @@ from openbell.tasks.ledger.chain import (
     check_checkpoints,
     entry_hash,
     format_ts,
-    parse_ts,
     to_json_value,
     walk,
 )
+from openbell.tasks.ledger.entry import COLUMNS, Entry, NewEntry, entry_of
 from openbell.tasks.ledger.errors import LedgerError, RunLockedError
+from openbell.tasks.ledger.journal import RunJournal
 from openbell.tasks.ledger.migrations import SCRIPT_LOCATION
 from openbell.tasks.ledger.models import entries as T
 
@@ -66,7 +63,6 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_COLUMNS = (T.c.seq, T.c.kind, T.c.run_id, T.c.ref, T.c.ts, T.c.payload, T.c.prev_hash, T.c.hash)
 # The key of the append lock: one per schema, so ledgers in other schemas never wait on it.
 _PG_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('openbell.ledger:' || {}, 0))"
 _PG_SCHEMA = "coalesce(current_schema(), '')"
@@ -90,53 +86,6 @@ def ledger_url() -> str:
         if value:
             return value
     return f"sqlite:///{settings.home / 'ledger.db'}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One ledger entry, as read back.
-
-    Attributes:
-        seq: position in the chain (1, 2, 3, ...).
-        kind: what it records (``run_started``, ``step``, ``outcome``, ...).
-        run_id: the run it belongs to, if any.
-        ref: its lookup key, if any (a completion key's digest).
-        ts: when it was appended (UTC).
-        payload: its content, redacted, as JSON types.
-        prev_hash: the hash of the entry before it.
-        hash: its own hash.
-    """
-
-    seq: int
-    kind: str
-    run_id: str | None
-    ref: str | None
-    ts: datetime
-    payload: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-    @classmethod
-    def from_raw(cls, raw: RawEntry) -> Entry:
-        return cls(
-            seq=raw.seq,
-            kind=raw.kind,
-            run_id=raw.run_id,
-            ref=raw.ref,
-            ts=parse_ts(raw.ts),
-            payload=json.loads(raw.payload),
-            prev_hash=raw.prev_hash,
-            hash=raw.hash,
-        )
-
-
-class NewEntry(NamedTuple):
-    """An entry to append: ``Ledger.append_many([NewEntry("step", run_id, {...}), ...])``."""
-
-    kind: str
-    run_id: str | None
-    payload: Mapping[str, Any] | BaseModel
-    ref: str | None = None
 
 
 def _redacted(value: Any) -> Any:
@@ -169,7 +118,7 @@ class _SqlLookup:
         return list(self._conn.scalars(select(T.c.seq).where(T.c.prev_hash == value)))
 
 
-class Ledger:
+class Ledger(RunJournal):
     """The append-only, hash-chained record of every run.
 
     Args:
@@ -415,7 +364,7 @@ class Ledger:
             after_seq: only those after this position (for tailing).
             limit: at most this many.
         """
-        q = select(*_COLUMNS).order_by(T.c.seq)
+        q = select(*COLUMNS).order_by(T.c.seq)
         if run_id is not None:
             q = q.where(T.c.run_id == run_id)
         if kinds is not None:
@@ -431,7 +380,7 @@ class Ledger:
         if limit is not None:
             q = q.limit(limit)
         with self._read() as conn:
-            return [Entry.from_raw(RawEntry._make(r)) for r in conn.execute(q)]
+            return [entry_of(r) for r in conn.execute(q)]
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last entry; ``(0, GENESIS)`` for an empty ledger."""
@@ -466,7 +415,7 @@ class Ledger:
         checkpoints = _load_checkpoints(checkpoint) if checkpoint is not None else []
         with self._read() as conn:
             result_rows = conn.execution_options(yield_per=5000).execute(
-                select(*_COLUMNS).order_by(T.c.seq)
+                select(*COLUMNS).order_by(T.c.seq)
             )
             try:
                 result = walk(map(RawEntry._make, result_rows), _SqlLookup(conn))
@@ -514,7 +463,7 @@ class Ledger:
                 before = conn.execute(
                     select(T.c.seq, T.c.hash).where(T.c.seq < lo).order_by(T.c.seq.desc()).limit(1)
                 ).first()
-                q = select(*_COLUMNS).where(T.c.seq.between(lo, hi)).order_by(T.c.seq)
+                q = select(*COLUMNS).where(T.c.seq.between(lo, hi)).order_by(T.c.seq)
                 rows = [RawEntry._make(r) for r in conn.execute(q)]
             head_row = conn.execute(
                 select(T.c.seq, T.c.hash).order_by(T.c.seq.desc()).limit(1)
@@ -572,297 +521,7 @@ class Ledger:
         log.info("ledger %s: checkpoint at entry %d (%s…) in %s", self, seq, h[:12], target)
         return data
 
-    # ---- runs ----------------------------------------------------------------------------
-
-    def start_run(
-        self,
-        *,
-        runbook: str,
-        region: str,
-        trade_date: date,
-        requester: str,
-        parameters: Mapping[str, Any] | BaseModel | None = None,
-        flow_run_id: str | uuid.UUID | None = None,
-        runbook_version: str | None = None,
-        run_id: str | None = None,
-        dry_run: bool = False,
-        started_at: datetime | None = None,
-        calendar: Mapping[str, Any] | None = None,
-        skipped_reason: str | None = None,
-        estate_source: str | None = None,
-    ) -> str:
-        """Record who started what (a ``run_started`` entry) and return the run's id.
-
-        Args:
-            runbook: e.g. ``sod``.
-            region: e.g. ``emea``.
-            trade_date: the session the run is for.
-            requester: who asked for it.
-            parameters: the flow's parameters (a mapping or the parameter model).
-            flow_run_id: Prefect's flow-run id.
-            runbook_version: the version of the runbook (estate) that ran.
-            run_id: the run's id; a new UUID if None.
-            dry_run: planned only.
-            started_at: default now.
-            calendar: the calendar facts the gate used.
-            skipped_reason: why the run does nothing (not a session, ...).
-            estate_source: where the estate was loaded from.
-        """
-        rid = run_id or str(uuid.uuid4())
-        params = (
-            parameters.model_dump(mode="python")
-            if isinstance(parameters, BaseModel)
-            else parameters
-        )
-        payload = runs.run_started_payload(
-            run_id=rid,
-            runbook=runbook,
-            region=region,
-            trade_date=trade_date,
-            requester=requester,
-            parameters=params,
-            flow_run_id=None if flow_run_id is None else str(flow_run_id),
-            runbook_version=runbook_version,
-            dry_run=dry_run,
-            started_at=started_at or utcnow(),
-            calendar=calendar,
-            skipped_reason=skipped_reason,
-            estate_source=estate_source,
-        )
-        self.append("run_started", rid, payload)
-        return rid
-
-    def start_run_from_record(
-        self,
-        record: RunRecord,
-        *,
-        parameters: Mapping[str, Any] | BaseModel | None = None,
-        runbook_version: str | None = None,
-    ) -> str:
-        """``start_run`` with the fields of a freshly opened ``RunRecord``."""
-        return self.start_run(
-            runbook=record.runbook,
-            region=record.region,
-            trade_date=record.trade_date,
-            requester=record.operator,
-            parameters=parameters,
-            flow_run_id=record.flow_run_id,
-            runbook_version=runbook_version,
-            run_id=record.run_id,
-            dry_run=record.dry_run,
-            started_at=record.started_at,
-            calendar=record.calendar,
-            skipped_reason=record.skipped_reason,
-            estate_source=record.estate_source,
-        )
-
-    def record_plan(self, run_id: str, plan: Mapping[str, Any]) -> Entry:
-        """Record the plan the run printed before acting."""
-        return self.append("plan", run_id, {"plan": dict(plan)})
-
-    def record_outcomes(self, run_id: str, step: str, outcomes: Sequence[Outcome]) -> list[Entry]:
-        """Record outcomes of a step still in progress (close it with ``record_step``).
-
-        Args:
-            run_id: the run.
-            step: the ``StepResult.name`` they belong to.
-            outcomes: one per target.
-        """
-        return self.append_many(
-            [NewEntry("outcome", run_id, runs.outcome_payload(step, o)) for o in outcomes]
-        )
-
-    def record_step(
-        self, run_id: str, step: StepResult, *, outcomes_recorded: bool = False
-    ) -> list[Entry]:
-        """Record a finished step: its outcomes (one entry per target), then the step.
-
-        Args:
-            run_id: the run.
-            step: the step's result.
-            outcomes_recorded: its outcomes were already recorded with
-                ``record_outcomes``; write only the step entry.
-
-        Returns:
-            The entries written, the step entry last.
-        """
-        items = (
-            []
-            if outcomes_recorded
-            else [
-                NewEntry("outcome", run_id, runs.outcome_payload(step.name, o))
-                for o in step.outcomes
-            ]
-        )
-        items.append(NewEntry("step", run_id, runs.step_payload(step)))
-        return self.append_many(items)
-
-    def record_notification(self, run_id: str, delivery: Mapping[str, Any] | Any) -> Entry:
-        """Record a message sent about the run and its fate (a ``notify.Delivery`` or dict)."""
-        payload = delivery if isinstance(delivery, Mapping) else to_json_value(delivery)
-        return self.append("notification", run_id, payload)
-
-    def record_evidence(
-        self,
-        run_id: str,
-        path: str | Path,
-        *,
-        sha256: str | None = None,
-        size: int | None = None,
-        step: str | None = None,
-        name: str | None = None,
-    ) -> Entry:
-        """Record a file kept as evidence, with its sha256.
-
-        Args:
-            run_id: the run.
-            path: where the file is; hashed here unless ``sha256`` is given (a remote file
-                whose checksum was taken where it lives).
-            sha256: the file's checksum, if already known.
-            size: its size in bytes, if known.
-            step: the step it is evidence for.
-            name: a short name (default the file name).
-        """
-        p = Path(path)
-        if sha256 is None:
-            sha256, size = runs.file_facts(p)
-        return self.append(
-            "evidence",
-            run_id,
-            {"path": str(p), "name": name or p.name, "sha256": sha256, "size": size, "step": step},
-        )
-
-    def record_report(self, run_id: str, fmt: str, path: str | Path) -> Entry:
-        """Record a report written for the run (``html``, ``md``, ``json``) with its sha256."""
-        sha256, size = runs.file_facts(Path(path))
-        return self.append(
-            "report", run_id, {"format": fmt, "path": str(path), "sha256": sha256, "size": size}
-        )
-
-    def record_refusal(
-        self,
-        *,
-        who: str,
-        action: str,
-        runbook: str,
-        region: str,
-        reason: str,
-        rule: str | None = None,
-        run_id: str | None = None,
-    ) -> Entry:
-        """Record a refused action (entitlements, approvals): who tried what, and why not."""
-        return self.append(
-            "refusal",
-            run_id,
-            {
-                "who": who,
-                "action": action,
-                "runbook": runbook,
-                "region": region,
-                "reason": reason,
-                "rule": rule,
-            },
-        )
-
-    def finish_run(
-        self,
-        run_id: str,
-        status: Status | str,
-        *,
-        finished_at: datetime | None = None,
-        summary: str = "",
-    ) -> Entry:
-        """Record the end of a run (checkpoint the head afterwards: ``checkpoint()``)."""
-        return self.append(
-            "run_finished",
-            run_id,
-            {
-                "status": str(status),
-                "finished_at": finished_at or utcnow(),
-                "summary": summary,
-            },
-        )
-
-    def run_entries(self, run_id: str) -> list[Entry]:
-        """Every entry of one run, in order."""
-        return self.entries(run_id=run_id)
-
-    def find_runs(
-        self,
-        *,
-        region: str | None = None,
-        trade_date: date | None = None,
-        runbook: str | None = None,
-    ) -> list[Entry]:
-        """The ``run_started`` entries of the runs for a region and trade date, in order.
-
-        Args:
-            region: only runs in this region (case-insensitive).
-            trade_date: only runs for this session.
-            runbook: only runs of this runbook.
-
-        Example:
-            >>> day = date(2026, 11, 24)
-            >>> runs = ledger.find_runs(region="emea", trade_date=day)  # doctest: +SKIP
-            >>> [e.run_id for e in runs]  # doctest: +SKIP
-            ['4f1c2d3e-...', '9a0b1c2d-...']
-        """
-        want: dict[str, str] = {}
-        if region is not None:
-            want["region"] = region.lower()
-        if trade_date is not None:
-            want["trade_date"] = trade_date.isoformat()
-        if runbook is not None:
-            want["runbook"] = runbook
-        q = select(*_COLUMNS).where(T.c.kind == "run_started").order_by(T.c.seq)
-        for key, value in want.items():
-            # The payload is canonical JSON: a cheap, portable prefilter in SQL; the exact
-            # test on the parsed payload below decides.
-            q = q.where(T.c.payload.icontains(canonical_json({key: value})[1:-1], autoescape=True))
-        with self._read() as conn:
-            found = [Entry.from_raw(RawEntry._make(r)) for r in conn.execute(q)]
-        return [
-            e
-            for e in found
-            if all(str(e.payload.get(k, "")).lower() == v.lower() for k, v in want.items())
-        ]
-
-    def load_run(self, run_id: str) -> RunRecord:
-        """Rebuild a run's ``RunRecord`` from the ledger alone (for reports).
-
-        Raises:
-            LedgerError: the ledger has no such run.
-        """
-        return runs.run_record(run_id, self.entries(run_id=run_id))
-
-    # ---- idempotency and run locks ---------------------------------------------------------
-
-    def completed(self, key: runs.CompletionKey) -> bool:
-        """Whether the work ``key`` names was recorded as done."""
-        return self.completion(key) is not None
-
-    def completion(self, key: runs.CompletionKey) -> Entry | None:
-        """The ``completion`` entry of the work ``key`` names (the first), or None."""
-        q = (
-            select(*_COLUMNS)
-            .where(T.c.ref == key.digest(), T.c.kind == "completion")
-            .order_by(T.c.seq)
-            .limit(1)
-        )
-        with self._read() as conn:
-            row = conn.execute(q).first()
-        return Entry.from_raw(RawEntry._make(row)) if row else None
-
-    def record_completion(
-        self, key: runs.CompletionKey, *, run_id: str | None, detail: str = ""
-    ) -> Entry:
-        """Record that the work ``key`` names succeeded (so a re-run skips it)."""
-        return self.append(
-            "completion",
-            run_id,
-            {"key": key._asdict(), "detail": detail},
-            ref=key.digest(),
-        )
+    # ---- run locks -------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def run_lock(
