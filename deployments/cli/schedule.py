@@ -74,7 +74,7 @@ def deploy(
     horizon_days: HorizonOpt = 14,
     prefect_yaml: Annotated[
         Path | None,
-        typer.Option("--prefect-yaml", help="where to keep prefect.yaml (default deployments/)"),
+        typer.Option("--prefect-yaml", help="where to keep prefect.yaml (default OPENBELL_HOME/prefect.yaml)"),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would change")] = False,
     as_json: JsonOpt = False,
@@ -92,7 +92,7 @@ def deploy(
             estate,
             api_url,
             horizon_days=horizon_days,
-            prefect_yaml=prefect_yaml or dep.PREFECT_YAML,
+            prefect_yaml=prefect_yaml or "home",
             dry_run=dry_run,
         )
     )
