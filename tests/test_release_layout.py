@@ -98,6 +98,17 @@ def test_switch_read_verify_and_lock_on_a_real_filesystem(tmp_path: Path) -> Non
     assert (base / layout.LOCK_DIR).exists()
     assert _sh(layout.release_lock(root, "oms@1.1"), tmp_path).returncode == 0
     assert not (base / layout.LOCK_DIR).exists()
+    # a switch notes where it goes before the app is stopped: it takes a free host, keeps
+    # its own, and never marks a host another release holds
+    assert layout.parse_state(_sh(layout.read_state(root), tmp_path).stdout)["switching"] is None
+    assert _sh(layout.mark_switching(root, "oms@1.1", "1.1"), tmp_path).returncode == 0
+    state = layout.parse_state(_sh(layout.read_state(root), tmp_path).stdout)
+    assert (state["lock"], state["switching"]) == ("oms@1.1", "1.1")
+    held = _sh(layout.mark_switching(root, "oms@2.0", "2.0"), tmp_path)
+    assert held.returncode == 3 and "held by oms@1.1" in held.stderr
+    assert layout.parse_state(_sh(layout.read_state(root), tmp_path).stdout)["switching"] == "1.1"
+    assert _sh(layout.release_lock(root, "oms@1.1"), tmp_path).returncode == 0
+    assert not (base / layout.LOCK_DIR).exists()
 
 
 def test_current_as_a_directory_is_reported(tmp_path: Path) -> None:

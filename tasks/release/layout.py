@@ -6,6 +6,7 @@ Under the app's release root ``$R`` (``App.release.root``)::
     $R/releases/.staging-<version>-<run8>/   a release being unpacked (never run)
     $R/current -> releases/<version>         the release that runs (a relative link)
     $R/.openbell.lock/owner       which release holds the host (taken while staging)
+    $R/.openbell.lock/switching   the version a switch of this host is under way to
 
 Every command is an argv list sent quoted (``shlex.join`` by the SSH connector); a path
 that could start with ``-`` goes after ``--``. The switch is the one safe on POSIX:
@@ -59,7 +60,8 @@ def version_of_link(target: str) -> str | None:
 # ---- reading -------------------------------------------------------------------------------
 def read_state(root: str) -> list[str]:
     """One command that reads a host's layout: the link, whether current is a link, the
-    releases present, the lock's owner. Output: ``key=value`` lines."""
+    releases present, the lock's owner, the version a switch was under way to. Output:
+    ``key=value`` lines."""
     script = (
         'cd -- "$1" 2>/dev/null || { echo missing=1; exit 0; }; '
         'if [ -L current ]; then echo "current=$(readlink current)"; '
@@ -67,14 +69,22 @@ def read_state(root: str) -> list[str]:
         'for d in releases/*/; do [ -d "$d" ] || continue; d=${d%/}; '
         'echo "release=${d#releases/}"; '
         '[ -e "$d/BAD_RELEASE" ] && echo "bad=${d#releases/}"; done; '
-        f'[ -e {LOCK_DIR}/owner ] && echo "lock=$(cat {LOCK_DIR}/owner)"; exit 0'
+        f'[ -e {LOCK_DIR}/owner ] && echo "lock=$(cat {LOCK_DIR}/owner)"; '
+        f'[ -e {LOCK_DIR}/switching ] && echo "switching=$(cat {LOCK_DIR}/switching)"; exit 0'
     )
     return ["sh", "-c", script, "sh", root]
 
 
 def parse_state(stdout: str) -> dict[str, Any]:
-    """``read_state``'s output as {current, current_is_dir, releases, bad, lock, missing}."""
-    state: dict[str, Any] = {"current": None, "releases": [], "bad": [], "lock": None}
+    """``read_state``'s output as {current, current_is_dir, releases, bad, lock, switching,
+    missing}."""
+    state: dict[str, Any] = {
+        "current": None,
+        "releases": [],
+        "bad": [],
+        "lock": None,
+        "switching": None,
+    }
     for line in stdout.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
@@ -134,6 +144,19 @@ def release_lock(root: str, owner: str) -> list[str]:
         f'[ "$(cat {LOCK_DIR}/owner)" = "$2" ] || exit 0; rm -r -- {LOCK_DIR}'
     )
     return ["sh", "-c", script, "sh", root, owner]
+
+
+def mark_switching(root: str, owner: str, version: str) -> list[str]:
+    """Note in the lock that a switch to ``version`` starts (before the app is stopped), so
+    that a run killed between the stop and the start is known for what it is. Takes the
+    host if no release holds it; exits 3 when another release does."""
+    script = (
+        f'cd -- "$1" || exit 1; mkdir {LOCK_DIR} 2>/dev/null && printf %s "$2" > {LOCK_DIR}/owner; '
+        f'[ "$(cat {LOCK_DIR}/owner 2>/dev/null)" = "$2" ] || '
+        f'{{ echo "held by $(cat {LOCK_DIR}/owner 2>/dev/null)" >&2; exit 3; }}; '
+        f'printf %s "$3" > {LOCK_DIR}/switching'
+    )
+    return ["sh", "-c", script, "sh", root, owner, check_version(version)]
 
 
 def staging_dir(root: str, version: str, run_id: str) -> str:

@@ -361,6 +361,23 @@ async def preflight(ctx: RunContext, step: StepRun) -> list[Outcome]:
                     )
             want = t.version if current == t.version else expected
             healthy, got, detail = await _health(ctx, http, t, host)
+            switching = st.get("switching")
+            if not healthy and lock == owner and switching:
+                # A run of this release stopped the app to switch it and died before
+                # starting it again: the switch (canary, rollout or rollback) finishes it.
+                evidence["interrupted_switch"] = switching
+                return Outcome(
+                    step=step.name,
+                    target=target,
+                    status=Status.OK,
+                    started_at=started,
+                    detail=(
+                        f"on {current}, way back {before} intact; down ({detail}): a run of "
+                        f"this release was switching it to {switching} when it stopped, "
+                        "the switch starts it again"
+                    ),
+                    evidence=evidence,
+                )
             if not healthy:
                 return _fail(
                     step.name,
@@ -515,6 +532,9 @@ async def switch_host(
     evidence: dict[str, Any] = {"from": current, "to": version}
     switched = False
     if current != version:
+        mark = await _ssh(ctx, host, layout.mark_switching(root, t.base, version))
+        if not mark.ok:
+            return _fail(step, target, f"not switched: {mark.tail(2)}", started, **evidence)
         stop = await _ssh(ctx, host, t.app.stop)
         if not stop.ok:
             return _fail(
@@ -655,6 +675,7 @@ def _plan_switch(p: PlanContext, t: Target, hosts: list[str]) -> list[PlannedAct
     actions = []
     for h in hosts:
         for argv in (
+            layout.mark_switching(root, t.base, t.version),
             t.app.stop,
             layout.make_link(root, t.version),
             layout.swap_link(root),
