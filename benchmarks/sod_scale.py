@@ -143,7 +143,7 @@ def bootstrap_env(home: Path, api_url: str, log_level: str) -> None:
 
 
 class PrefectServer:
-    """``prefect server start`` on a free loopback port, in its own process group."""
+    """``prefect server start`` on a free loopback port (``deployments.launcher``)."""
 
     def __init__(self, home: Path) -> None:
         self.home = home / "prefect-server"
@@ -152,53 +152,20 @@ class PrefectServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-        env.pop("PREFECT_API_URL", None)
-        prefect = Path(sys.executable).with_name("prefect")
-        with (self.home / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.home,
-                start_new_session=True,
-            )
+        from openbell.deployments import launcher
+
+        self.proc = launcher.start_prefect_server(self.home, self.port)
 
     def wait_healthy(self, wait_s: float = 120.0) -> None:
-        import httpx
+        from openbell.deployments import launcher
 
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        tail = (self.home / "server.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"Prefect server at {self.url} not healthy:\n{tail}")
+        launcher.wait_healthy(self.url, wait_s=wait_s, proc=self.proc, log=self.home / "server.log")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        from openbell.deployments import launcher
+
+        if self.proc is not None and self.proc.poll() is None:
+            launcher.stop_group(self.proc, kill_wait_s=5.0)
 
 
 def _proc_cpu(pid: int, children: bool = False) -> float:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
-
+from openbell.deployments import launcher
+from openbell.deployments.launcher import healthy
 from openbell.errors import OpenbellError
 from openbell.settings import Settings, get_settings
 
@@ -26,14 +23,6 @@ log = logging.getLogger(__name__)
 
 class PrefectServerError(OpenbellError):
     """The Prefect server could not be reached or started."""
-
-
-def healthy(api_url: str, timeout: float = 2.0) -> bool:
-    """True when ``{api_url}/health`` answers 200."""
-    try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def local_url(settings: Settings) -> str:
@@ -78,34 +67,7 @@ def ensure_server(settings: Settings | None = None, *, wait_s: float = 90.0) -> 
 def start_server(settings: Settings) -> int:
     """Start ``prefect server start`` detached; returns its pid (written to server.pid)."""
     home = server_dir(settings)
-    home.mkdir(parents=True, exist_ok=True)
-    prefect = Path(sys.executable).with_name("prefect")
-    argv = [
-        str(prefect),
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(settings.prefect_port),
-    ]
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    with (home / "server.log").open("ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=home,
-            start_new_session=True,
-        )
+    proc = launcher.start_prefect_server(home, settings.prefect_port)
     (home / "server.pid").write_text(str(proc.pid))
     log.info("started Prefect server pid %s on port %s", proc.pid, settings.prefect_port)
     return proc.pid
@@ -120,25 +82,10 @@ def stop_server(settings: Settings | None = None) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+        return launcher.stop_group(pid, term_wait_s=5.0, kill_wait_s=5.0)
+    finally:
         pidfile.unlink(missing_ok=True)
-        return False
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    pidfile.unlink(missing_ok=True)
-    return True
 
 
 def _log_tail(settings: Settings, lines: int = 20) -> str:
-    try:
-        text = (server_dir(settings) / "server.log").read_text(errors="replace")
-    except FileNotFoundError:
-        return "(no server log)"
-    return "\n".join(text.splitlines()[-lines:])
+    return launcher.log_tail(server_dir(settings) / "server.log", lines)

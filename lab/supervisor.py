@@ -279,17 +279,9 @@ def _spawn(paths: LabPaths, estate_file: Path) -> subprocess.Popen[bytes]:
         "--home",
         str(paths.home),
     ]
-    with paths.log_file.open("ab") as logfh:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=logfh,
-            stderr=subprocess.STDOUT,
-            cwd=paths.root,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+    from openbell.deployments.launcher import spawn_detached
+
+    proc = spawn_detached(argv, log=paths.log_file, env=env, cwd=paths.root)
     _SPAWNED[proc.pid] = proc
     return proc
 

@@ -74,7 +74,9 @@ def deploy(
     horizon_days: HorizonOpt = 14,
     prefect_yaml: Annotated[
         Path | None,
-        typer.Option("--prefect-yaml", help="where to keep prefect.yaml (default OPENBELL_HOME/prefect.yaml)"),
+        typer.Option(
+            "--prefect-yaml", help="prefect.yaml to write (default OPENBELL_HOME/prefect.yaml)"
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would change")] = False,
     as_json: JsonOpt = False,
