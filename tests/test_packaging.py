@@ -42,6 +42,16 @@ def test_the_wheel_has_one_top_level_package(wheel: Path) -> None:
     ):
         assert data in names, data
     assert not any(n.startswith(("openbell/flows/flows", "tests/", "benchmarks/")) for n in names)
+    # every module of the tree is in the wheel (a folder without __init__.py is left out)
+    root = REPO / "openbell"
+    modules = {
+        f"openbell/{Path(folder).relative_to(root) / name}"
+        for folder, _, files in os.walk(root, followlinks=True)  # flows/, tasks/, ... are links
+        for name in files
+        if name.endswith(".py") and "__pycache__" not in folder
+    }
+    assert len(modules) > 100
+    assert modules - set(names) == set()
 
 
 @pytest.mark.integration
