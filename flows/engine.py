@@ -386,32 +386,55 @@ async def recover_if_needed(
     cause = "; ".join(
         f"{r.name}: {o.target}: {o.detail}" for r in failed for o in r.outcomes if not o.passed
     )
-    return await _run_recovery(ctx, runbook, cause[:2000], resumed_from=None)
+    return await _run_recovery(
+        ctx, runbook, cause[:2000], resumed_from=None, failed=[r.name for r in failed]
+    )
 
 
 async def resume_recovery(
     ctx: RunContext, runbook: Runbook, unfinished: dict[str, Any]
 ) -> list[StepResult]:
-    """A run killed during its recovery: this run does the recovery, not the change."""
+    """A run killed during its recovery: this run does the recovery, not the change.
+
+    The steps whose failure started the recovery are reported failed (with the run they
+    failed in): the change did not happen, whatever the recovery's outcome."""
     assert runbook.recovery is not None
     by = str(unfinished.get("run_id") or "?")
     why = f"not run: resuming the {runbook.recovery.name} that run {by[:8]} started"
+    cause = str(unfinished.get("cause", ""))
+    failed = set(unfinished.get("failed") or [])
     results = []
     for step in runbook.steps:
-        skipped = skipped_step(step.name, step.title, why)
-        await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, skipped)
-        results.append(skipped)
-    cause = str(unfinished.get("cause", ""))
-    return results + await _run_recovery(ctx, runbook, cause, resumed_from=by)
+        if step.name in failed:
+            result = skipped_step(
+                step.name, step.title, f"failed in run {by[:8]}: {cause}"[:2000], Status.FAILED
+            )
+        else:
+            result = skipped_step(step.name, step.title, why)
+        await in_thread(ctx, ctx.ledger.record_step, ctx.run_id, result)
+        results.append(result)
+    return results + await _run_recovery(
+        ctx, runbook, cause, resumed_from=by, failed=sorted(failed)
+    )
 
 
 async def _run_recovery(
-    ctx: RunContext, runbook: Runbook, cause: str, *, resumed_from: str | None
+    ctx: RunContext,
+    runbook: Runbook,
+    cause: str,
+    *,
+    resumed_from: str | None,
+    failed: list[str],
 ) -> list[StepResult]:
     assert runbook.recovery is not None
     ref = _recovery_ref(ctx)
     ctx.scratch["recovery_cause"] = cause
-    payload = {"step": runbook.recovery.name, "cause": cause, "resumed_from": resumed_from}
+    payload = {
+        "step": runbook.recovery.name,
+        "cause": cause,
+        "resumed_from": resumed_from,
+        "failed": failed,
+    }
     await in_thread(ctx, ctx.ledger.append, "recovery_started", ctx.run_id, payload, ref=ref)
     chaos.point(f"{runbook.recovery.name}:started")
     result = await run_step(ctx, runbook.recovery)

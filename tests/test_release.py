@@ -212,3 +212,60 @@ def _entries(run_id: str, *kinds: str) -> list[Any]:
 
     with Ledger() as ledger:
         return ledger.entries(run_id=run_id, kinds=list(kinds))
+
+
+@pytest.mark.parametrize(
+    ("version", "point", "end"),
+    [
+        # the canary's app stopped, its link not moved yet
+        ("3.0.1", "canary:{0}:stopped#1", "3.0.1"),
+        # a rollout host's link moved, its app not started again
+        ("3.0.1", "rollout:{1}:linked#1", "3.0.1"),
+        # the rollback of a crashing version, mid-way on the canary
+        ("9.0.1-crashes", "rollback:{0}:stopped#1", OLD),
+    ],
+    ids=["canary-stopped", "rollout-linked", "rollback-stopped"],
+)
+def test_killed_mid_switch_then_rerun_ends_on_one_version_switching_no_host_twice(  # type: ignore[no-untyped-def]
+    lab, tmp_path: Path, version: str, point: str, end: str
+) -> None:
+    """The bounded CI share of ``benchmarks/release_faults.py``: SIGKILL at a kill point
+    inside a host's switch, then the same release again, undisturbed."""
+    import os
+
+    from tests.fixtures.killer import run_eod
+
+    path, estate, _ = lab
+    hosts = estate.app(APP).hosts
+    env = {
+        name: os.environ[name]
+        for name in ("OPENBELL_HOME", "OPENBELL_LEDGER_URL", "OPENBELL_REHEARSAL_AT")
+        if name in os.environ
+    }
+    env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
+    env["OPENBELL_KILL_LOG"] = str(tmp_path / "runs.log")
+    extra = {"app": APP, "version": version, "change": "CHG-KILL", "reason": "kill point"}
+    label = point.format(*hosts)
+    mark = effects_now()
+    with AutoApprover(estate, REGION, f"{REGION}-lead"):
+        killed = run_eod(
+            env, REGION, None, path, operator=f"{REGION}-oncall", kill_at=label,
+            runbook="release", extra=extra, timeout_s=300,
+        )  # fmt: skip
+        assert killed.killed, (label, killed, (tmp_path / "runs.log").read_text()[-3000:])
+        again = run_eod(
+            env, REGION, None, path, operator=f"{REGION}-oncall", runbook="release",
+            extra=extra, timeout_s=300,
+        )  # fmt: skip
+    log = (tmp_path / "runs.log").read_text()[-3000:]
+    assert again.exitcode == 0 and again.error is None, (again, log)
+    assert again.passed == (end == version), (again, log)
+    assert current_versions(estate) == dict.fromkeys(hosts, end), log
+    moved = switches(mark)
+    if end == version:
+        assert moved == dict.fromkeys(hosts, 1), moved  # each host switched exactly once
+    else:
+        assert moved == {hosts[0]: 2}, moved  # the canary there and back, no other host
+    with SshPool(estate) as pool:
+        for h in hosts:
+            assert pool.run(h, estate.app(APP).status).ok, f"{APP} is not running on {h}"
