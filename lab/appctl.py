@@ -16,7 +16,8 @@ the app's health endpoint reports.
 ``start`` launches ``python -m openbell.lab.app`` detached (its own session, output to the
 app's log), writes the pid file, and waits (bounded by ``--timeout``) until the health
 endpoint answers. Fault ``app_fails_to_start`` (optional params ``reason``) makes it
-refuse with exit 1. A start and a stop of the same app never overlap (a lock file).
+refuse with exit 1; fault ``dies_after_stop`` on the host takes the host down right after
+a stop. A start and a stop of the same app never overlap (a lock file).
 """
 
 from __future__ import annotations
@@ -175,7 +176,15 @@ class AppControl:
                 return 1
             self.pidfile.unlink(missing_ok=True)
             print(f"{self.app}: stopped (pid {pid})")
+            self._die_if_asked()
             return 0
+
+    def _die_if_asked(self) -> None:
+        """Fault ``dies_after_stop`` on this host: the host goes down now (used up once)."""
+        host = self.root.name
+        if self.book.get("dies_after_stop", host):
+            self.book.remove("dies_after_stop", host)
+            self.book.add("host_down", host, reason=f"died after stopping {self.app}")
 
     def status(self) -> int:
         pid = self.running_pid()

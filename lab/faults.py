@@ -31,6 +31,9 @@ latency              ``*``      every lab answer (SSH, FIX, HTTP) waits ``ms``
 disk_full            host       ``df`` reports every path 100% used, 0 available
 corrupt_artifact     app        the repository serves the app's artifacts (or only
                                 ``app@version``) with one byte flipped
+dies_after_stop      host       the next ``appctl stop`` there stops the app, then the
+                                host goes down (``host_down`` is added; the fault is
+                                used up): a host lost in the middle of a switch
 ==================== ========== ===================================================
 
 The trade breaks take ``trade_date`` (default: the region's last closed session) and
@@ -66,6 +69,7 @@ KINDS = {
     "latency": "*",
     "disk_full": "host",
     "corrupt_artifact": "app",
+    "dies_after_stop": "host",
 }
 
 

@@ -269,3 +269,39 @@ def test_killed_mid_switch_then_rerun_ends_on_one_version_switching_no_host_twic
     with SshPool(estate) as pool:
         for h in hosts:
             assert pool.run(h, estate.app(APP).status).ok, f"{APP} is not running on {h}"
+
+
+def test_a_host_lost_mid_switch_is_rolled_back_with_the_others_once_it_is_back(lab) -> None:  # type: ignore[no-untyped-def]
+    """RELEASE.md T15: the host dies after its app was stopped, before its link moved."""
+    path, estate, book = lab
+    hosts = estate.app(APP).hosts
+    lost = hosts[-1]
+    mark = effects_now()
+    book.add("dies_after_stop", lost)
+    try:
+        record = approved_release(estate, path, "3.0.1")
+    finally:
+        book.remove("dies_after_stop", lost)
+    try:
+        assert not record.passed
+        assert not outcomes(record, "rollout")[f"{APP}@{lost}"].passed
+        back = outcomes(record, "rollback")
+        assert not back[f"{APP}@{lost}"].passed
+        assert "QUARANTINE" in back[f"{APP}@{lost}"].detail
+        for h in hosts[:-1]:
+            assert back[f"{APP}@{h}"].status == Status.CHANGED, back[f"{APP}@{h}"].detail
+    finally:
+        book.remove("host_down", lost)
+    # the host is back: the next run of the release finishes the rollback there
+    again = approved_release(estate, path, "3.0.1")
+    assert not again.passed  # the release did not happen
+    assert "failed in run" in outcomes(again, "rollout")["rollout"].detail
+    back = outcomes(again, "rollback")
+    assert back[f"{APP}@{lost}"].passed, back[f"{APP}@{lost}"].detail
+    assert current_versions(estate) == dict.fromkeys(hosts, OLD)
+    moved = switches(mark)
+    assert moved.get(lost, 0) == 0, moved  # its link never moved
+    assert all(moved[h] == 2 for h in hosts[:-1]), moved  # there and back, once each
+    with SshPool(estate) as pool:
+        for h in hosts:
+            assert pool.run(h, estate.app(APP).status).ok, f"{APP} is not running on {h}"

@@ -51,9 +51,9 @@ from openbell.tasks.ledger.chain import (
     entry_hash,
     format_ts,
 )
+from openbell.tasks.ledger.entry import Entry, NewEntry
 from openbell.tasks.ledger.errors import LedgerError, RunLockedError
 from openbell.tasks.ledger.runs import CompletionKey
-from openbell.tasks.ledger.entry import Entry, NewEntry
 from openbell.tasks.ledger.store import Ledger, ledger_url
 
 __all__ = [

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from openbell import chaos
-from openbell.errors import HttpError, OpenbellError
+from openbell.errors import HostUnreachableError, HttpError, OpenbellError
 from openbell.outcome import Outcome, Status, utcnow
 from openbell.plan import PlannedAction, StepPlan
 from openbell.runbooks.schema import Estate, ReleasePolicy
@@ -1025,6 +1025,17 @@ async def rollback(ctx: RunContext, step: StepRun) -> list[Outcome]:
                     outcome.model_copy(update={"detail": f"rolled back: {outcome.detail}"})
                     if outcome.status == Status.CHANGED
                     else outcome
+                )
+            except HostUnreachableError as exc:
+                out.append(
+                    _fail(
+                        step.name,
+                        target,
+                        f"QUARANTINE: {host} does not answer, its state is unknown ({exc}); keep "
+                        "it out of service: a run of this release finishes the rollback there "
+                        "once it answers",
+                        started,
+                    )
                 )
             except Exception as exc:  # one host's failure must not stop the others' rollback
                 out.append(
