@@ -7,8 +7,9 @@ would not fit before the next start of day (``--emergency`` overrides the window
 approvers, flagged for review). The artifact's sha256 and signature are checked before
 any host is touched; every host is staged and verified before any switches; the
 release's approver group (not the requester) approves exactly this artifact, version,
-hosts and batches; the canary is switched and soaked, then the rest in batches; every
-host of the region is attested at the end. A failed step after the first switch rolls
+hosts and batches; the canary is switched and soaked, then (after a second decision,
+shown the canary's evidence, where the app's ``continue_after_canary`` asks for one) the
+rest in batches; every host of the region is attested at the end. A failed step after the first switch rolls
 back the hosts this release switched, and only those, to the release the ledger recorded
 for each before. ``--rollback`` returns the region to the version before its last release.
 
@@ -117,6 +118,8 @@ RELEASE = Runbook(
             after=("soak",),
             gate=True,
             side_effects=True,
+            changes=r.rest_to_switch,  # asks only where the app has continue_after_canary
+            approval="always",
             recover=True,
         ),
         Step(

@@ -184,6 +184,11 @@ class AppRelease(Model):
         default=None, description="the app's log on the host, read for error lines in the soak"
     )
     error_pattern: str = Field(default="ERROR", min_length=1, description="an error line has it")
+    continue_after_canary: bool = Field(
+        default=False,
+        description="after the soak, a second decision of the approver group, shown the "
+        "canary's evidence, before the other batches switch",
+    )
 
     @field_validator("root", "log_file")
     @classmethod

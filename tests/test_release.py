@@ -305,3 +305,43 @@ def test_a_host_lost_mid_switch_is_rolled_back_with_the_others_once_it_is_back(l
     with SshPool(estate) as pool:
         for h in hosts:
             assert pool.run(h, estate.app(APP).status).ok, f"{APP} is not running on {h}"
+
+
+def test_a_second_decision_after_the_canary_is_shown_its_evidence(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``continue_after_canary``: the other batches wait for the approver group again."""
+    import yaml
+
+    from openbell.runbooks.loader import load_estate
+    from openbell.tasks.ledger import Ledger
+
+    path, _, _ = lab
+    data = yaml.safe_load(path.read_text())
+    data["apps"][APP]["release"]["continue_after_canary"] = True
+    copy = path.with_name(f"second-decision-{tmp_path.name}.yaml")
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        estate2 = load_estate(copy)
+        hosts = estate2.app(APP).hosts
+        record = approved_release(estate2, copy, "3.0.1")
+        assert record.passed, [(s.name, s.summary()) for s in record.steps if not s.passed]
+        with Ledger() as ledger:
+            asked = [
+                e.payload
+                for e in ledger.entries(run_id=record.run_id, kinds=["approval_requested"])
+            ]
+            decided = ledger.entries(run_id=record.run_id, kinds=["approval_decided"])
+        assert [a["request"]["step"] for a in asked] == ["canary", "rollout"]
+        second = asked[1]
+        assert "go on after the canary" in second["summary"]
+        assert f"{APP}@{hosts[0]}: soaked" in second["summary"]  # the canary's evidence
+        assert sorted(second["changes"]) == sorted(f"{APP}@{h}: {OLD} -> 3.0.1" for h in hosts[1:])
+        who = [(e.payload["decision"]["step"], e.payload["decision"]["approver"]) for e in decided]
+        assert who == [
+            ("canary", f"{REGION}-lead"),
+            ("rollout", f"{REGION}-lead"),
+        ]
+        soak_done = max(o.finished_at for o in outcomes(record, "soak").values())
+        assert all(o.started_at >= soak_done for o in outcomes(record, "rollout").values())
+        assert current_versions(estate2) == dict.fromkeys(hosts, "3.0.1")
+    finally:
+        copy.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ only checked; one on the old is switched.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -630,6 +631,30 @@ async def hosts_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
     )
 
 
+async def rest_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
+    """The second decision after the canary, where the app's ``continue_after_canary``
+    asks for one: the hosts of the other batches not yet on the version, shown with the
+    canary's soak; bound like the first decision (artifact, version, hosts, batches)."""
+    t = target_of(ctx)
+    if not t.release.continue_after_canary:
+        return None
+    first = await hosts_to_switch(ctx, step)
+    if first is None:
+        return None
+    canary = {t.target(h) for h in t.batches()[0]}
+    pairs = zip(first.targets, first.lines, strict=True)
+    rest = [(x, line) for x, line in pairs if x not in canary]
+    if not rest:
+        return None
+    evidence = "; ".join(ctx.scratch.get("canary_evidence", [])) or "no soak evidence"
+    return dataclasses.replace(
+        first,
+        targets=[x for x, _ in rest],
+        lines=[line for _, line in rest],
+        summary=f"go on after the canary ({evidence}) with {first.summary}",
+    )
+
+
 def _approved(step: StepRun, ctx: RunContext) -> frozenset[str]:
     if step.approved:
         ctx.scratch["approved"] = step.approved
@@ -749,7 +774,10 @@ async def soak(ctx: RunContext, step: StepRun) -> list[Outcome]:
                 evidence={"samples": samples},
             )
 
-        return await step.fan_out(ctx, [(t.target(h), h) for h in hosts], one)
+        results = await step.fan_out(ctx, [(t.target(h), h) for h in hosts], one)
+    # what the second decision after the canary is shown (``continue_after_canary``)
+    ctx.scratch["canary_evidence"] = [f"{o.target}: {o.detail}" for o in results]
+    return results
 
 
 def plan_soak(p: PlanContext) -> StepPlan:
@@ -814,10 +842,16 @@ def plan_rollout(p: PlanContext) -> StepPlan:
     for n, batch in enumerate(t.batches()[1:], start=2):
         actions.append(PlannedAction(target=f"batch {n}", action=", ".join(batch)))
         actions += _plan_switch(p, t, batch)
+    decision = (
+        "; after the soak, a second decision of "
+        f"{t.release.approver_group}, shown the canary's evidence"
+        if t.release.continue_after_canary
+        else ""
+    )
     return StepPlan(
         actions=actions,
         note=f"at most {t.release.max_failed_hosts} failed host(s); no batch starts past "
-        "the point of no return",
+        f"the point of no return{decision}",
     )
 
 
