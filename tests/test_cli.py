@@ -477,3 +477,26 @@ def test_validate_refuses_an_approval_for_a_step_end_of_day_does_not_have(tmp_pa
     assert result.exit_code == 1
     assert "runbooks.eod.approvals.steps[0]: eod has no step 'nonsense'" in result.output
     assert "steps that can wait for approval: day_orders, fix_eod, archive" in result.output
+
+
+def test_several_apps_of_a_region_are_planned_in_dependency_order(tmp_path: Path) -> None:
+    at = "2026-12-05T03:00:00+00:00"  # a Saturday: apac's window is open
+    base = ("plan", "release", "--region", "apac", "--estate", str(LAB), "--as", "carol")
+    result = invoke(
+        *base, "--app", "apac-oms", "--app", "apac-refdata", "--version", "5.0.4",
+        "--version", "7.2.1", "--at", at, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.stdout)
+    # apac-oms depends on apac-refdata: refdata goes first, each with its own version
+    assert [(p["app"], p["version"]) for p in plans] == [
+        ("apac-refdata", "7.2.1"),
+        ("apac-oms", "5.0.4"),
+    ]
+    assert all(p["plan"]["runbook"] == "release" for p in plans)
+    counts = invoke(*base, "--app", "apac-oms", "--app", "apac-refdata", "--version", "5.0.4")
+    assert "2 --app but 1 --version: give one --version per --app" in one_error_line(counts)
+    twice = invoke(*base, "--app", "apac-oms", "--app", "apac-oms")
+    assert "apac-oms: named more than once in one release" in one_error_line(twice)
+    unknown = invoke(*base, "--app", "apac-oms", "--app", "emea-oms")
+    assert "unknown releasable app in apac 'emea-oms'; valid" in one_error_line(unknown)

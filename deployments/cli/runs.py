@@ -28,8 +28,18 @@ from openbell.deployments.cli.common import (
 app = typer.Typer()
 
 # A release's options; a runbook without them refuses them (never silently ignored).
-AppOpt = Annotated[str | None, typer.Option("--app", help="release: the app, e.g. emea-oms")]
-VersionOpt = Annotated[str | None, typer.Option("--version", help="release: the version")]
+AppOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--app",
+        help="release: the app, e.g. emea-oms; repeat it for several apps of the region "
+        "(released in dependency order, one run each, stopping at the first that fails)",
+    ),
+]
+VersionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--version", help="release: the version (one per --app, in the same order)"),
+]
 ChangeOpt = Annotated[str | None, typer.Option("--change", help="release: change reference")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="release: why")]
 RollbackOpt = Annotated[
@@ -43,12 +53,47 @@ EmergencyOpt = Annotated[
 def runbook_params(rb: Any, **given: Any) -> dict[str, Any]:
     """The options given that the runbook's parameters model has; refuses the others."""
     fields = rb.params.model_fields
-    wanted = {k: v for k, v in given.items() if v not in (None, False)}
+    wanted = {k: v for k, v in given.items() if v not in (None, False, [])}
     unknown = sorted(k for k in wanted if k not in fields)
     if unknown:
         opts = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise typer.BadParameter(f"{rb.key} takes no {opts}")
     return wanted
+
+
+def each_app(rb: Any, estate: Any, region: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One set of run parameters per ``--app`` (with its ``--version``), in dependency order.
+
+    A runbook without apps, or one app, is one run with ``extra`` as given.
+    """
+    from openbell.tasks.release.target import ReleaseError, release_order
+
+    apps: list[str] = list(extra.pop("app", None) or [])
+    versions: list[str] = list(extra.pop("version", None) or [])
+    if len(apps) <= 1:
+        if len(versions) > 1:
+            raise ReleaseError(f"{len(versions)} --version for {len(apps)} --app")
+        one = dict(extra)
+        if apps:
+            one["app"] = apps[0]
+        if versions:
+            one["version"] = versions[0]
+        return [one]
+    if versions and len(versions) != len(apps):
+        raise ReleaseError(
+            f"{len(apps)} --app but {len(versions)} --version: give one --version per --app, "
+            "in the same order"
+        )
+    given: list[str | None] = list(versions) if versions else [None] * len(apps)
+    pairs = list(zip(apps, given, strict=True))
+    ordered = release_order(estate, region, pairs, rollback=bool(extra.get("rollback")))
+    found = []
+    for name, version in ordered:
+        one = {**extra, "app": name}
+        if version:
+            one["version"] = version
+        found.append(one)
+    return found
 
 
 @command(app)
@@ -118,26 +163,43 @@ def plan(
             ) from None
         if when.tzinfo is None:
             raise typer.BadParameter(f"--at {at!r}: give its zone, e.g. 2026-12-02T14:00+00:00")
-    params = rb.params(region=region.lower(), **extra)
-    the_plan = build_plan(
-        rb,
-        estate,
-        region.lower(),
-        trade_date or today_in(estate, region.lower()),
-        params=params,
-        at=when,
-    )
-    with Ledger() as ledger:
-        kv = None
-        if rb.key_version is not None and extra:
-            try:
-                kv = rb.key_version(params, estate, ledger)
-            except Exception:  # the plan already says what is missing
-                kv = None
-        the_plan = annotate_rerun(the_plan, ledger, from_step, kv)
+    plans = []
+    runs = each_app(rb, estate, region.lower(), extra)
+    for one in runs:
+        params = rb.params(region=region.lower(), **one)
+        the_plan = build_plan(
+            rb,
+            estate,
+            region.lower(),
+            trade_date or today_in(estate, region.lower()),
+            params=params,
+            at=when,
+        )
+        with Ledger() as ledger:
+            kv = None
+            if rb.key_version is not None and one:
+                try:
+                    kv = rb.key_version(params, estate, ledger)
+                except Exception:  # the plan already says what is missing
+                    kv = None
+            plans.append(annotate_rerun(the_plan, ledger, from_step, kv))
     if as_json:
-        out.print_json(the_plan.model_dump_json())
-    else:
+        if len(plans) == 1:
+            out.print_json(plans[0].model_dump_json())
+        else:
+            docs = [
+                {
+                    "app": one.get("app"),
+                    "version": one.get("version"),
+                    "plan": p.model_dump(mode="json"),
+                }
+                for one, p in zip(runs, plans, strict=True)
+            ]
+            out.print_json(json.dumps(docs))
+        return
+    for n, the_plan in enumerate(plans, start=1):
+        if len(plans) > 1:
+            out.print(f"[bold]{n} of {len(plans)}: {runs[n - 1]['app']}[/]")
         out.print(plan_renderable(the_plan), soft_wrap=True)
 
 
@@ -181,29 +243,48 @@ def run(
         rollback=rollback,
         emergency=emergency,
     )
+    runs = each_app(rb, estate, region.lower(), extra)
     if rb.key_version is not None:  # an unknown app or a missing version fails now too
         from openbell.tasks.ledger import Ledger
 
         with Ledger() as ledger:
-            rb.key_version(rb.params(region=region.lower(), **extra), estate, ledger)
-    record = runner.run_runbook(
-        rb.key,
-        region,
-        trade_date,
-        estate=estate_path,
-        dry_run=dry_run,
-        operator=operator,
-        from_step=from_step,
-        extra=extra,
-        console=None if as_json else out,
-    )
-    if as_json:
-        out.print_json(json.dumps(record.model_dump(mode="json") | {"status": record.status.value}))
-    else:
-        from openbell.deployments.display import summary_table
+            for one in runs:
+                rb.key_version(rb.params(region=region.lower(), **one), estate, ledger)
+    records = []
+    for n, one in enumerate(runs, start=1):
+        if len(runs) > 1 and not as_json:
+            out.print(f"[bold]{n} of {len(runs)}: {one['app']}[/]")
+        record = runner.run_runbook(
+            rb.key,
+            region,
+            trade_date,
+            estate=estate_path,
+            dry_run=dry_run,
+            operator=operator,
+            from_step=from_step,
+            extra=one,
+            console=None if as_json else out,
+        )
+        records.append(record)
+        if not as_json:
+            from openbell.deployments.display import summary_table
 
-        out.print(summary_table(record))
-        for kind in ("html", "md", "json"):
-            if kind in record.reports:
-                out.print(f"report ({kind}): {record.reports[kind]}")
-    raise typer.Exit(0 if record.passed else 1)
+            out.print(summary_table(record))
+            for kind in ("html", "md", "json"):
+                if kind in record.reports:
+                    out.print(f"report ({kind}): {record.reports[kind]}")
+        if not record.passed:
+            break
+    left = [one["app"] for one in runs[len(records) :]]
+    if left and not as_json:
+        out.print(
+            f"[red]stopped[/]: {records[-1].runbook} of {runs[len(records) - 1]['app']} did "
+            f"not pass; not started: {', '.join(left)}"
+        )
+    if as_json:
+        docs = [r.model_dump(mode="json") | {"status": r.status.value} for r in records]
+        if len(runs) == 1:
+            out.print_json(json.dumps(docs[0]))
+        else:
+            out.print_json(json.dumps({"runs": docs, "not_started": left}))
+    raise typer.Exit(0 if all(r.passed for r in records) and not left else 1)
