@@ -10,6 +10,7 @@ and puts the router back on 3.0.0 afterwards.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -345,3 +346,73 @@ def test_a_second_decision_after_the_canary_is_shown_its_evidence(lab, tmp_path:
         assert current_versions(estate2) == dict.fromkeys(hosts, "3.0.1")
     finally:
         copy.unlink(missing_ok=True)
+
+
+def _put_back_app(estate: Estate, name: str, version: str) -> None:
+    """``name`` on ``version`` on its hosts, running, with no other release and no lock."""
+    app = estate.app(name)
+    assert app.release is not None
+    script = (
+        'cd -- "$1" && rm -rf .openbell.lock current.next && '
+        'for d in releases/*/; do d=${d%/}; [ "$d" = "releases/$2" ] || rm -rf -- "$d"; done; '
+        'ln -sfn "releases/$2" current.next && mv -T -f current.next current'
+    )
+    with SshPool(estate) as pool:
+        for h in app.hosts:
+            assert pool.run(h, app.stop).ok
+            res = pool.run(h, ["sh", "-c", script, "sh", app.release.root, version])
+            assert res.ok, res.stderr
+            assert pool.run(h, app.start).ok
+
+
+def test_several_apps_go_in_dependency_order_and_come_back_in_reverse(lab) -> None:  # type: ignore[no-untyped-def]
+    """``--app risk --app refdata``: refdata first (risk depends on it), each its own run;
+    ``--rollback`` puts risk back first."""
+    from typer.testing import CliRunner
+
+    from openbell.deployments.cli import app as cli
+    from openbell.tasks.ledger import Ledger
+
+    path, estate, _ = lab
+    refdata, risk = "apac-refdata-001", "apac-risk-001"
+    assert refdata in estate.app(risk).depends_on
+    old = {n: estate.app(n).expected_version for n in (refdata, risk)}
+    new = {refdata: "7.2.1", risk: "3.14.2"}
+    assert old == {refdata: "7.2.0", risk: "3.14.1"}
+    base = ["run", "release", "--region", REGION, "--estate", str(path), "--as", f"{REGION}-oncall"]
+    try:
+        with AutoApprover(estate, REGION, f"{REGION}-lead"):
+            forward = CliRunner().invoke(
+                cli,
+                [*base, "--app", risk, "--app", refdata, "--version", new[risk],
+                 "--version", new[refdata], "--change", "CHG-9", "--reason", "two apps", "--json"],
+            )  # fmt: skip
+            assert forward.exit_code == 0, forward.output[-3000:]
+            runs = json.loads(forward.stdout)["runs"]
+            assert [r["parameters"]["app"] for r in runs] == [refdata, risk]
+            assert all(r["status"] == "changed" for r in runs), [r["status"] for r in runs]
+            back = CliRunner().invoke(
+                cli,
+                [*base, "--app", refdata, "--app", risk, "--rollback", "--change", "CHG-10",
+                 "--reason", "back", "--json"],
+            )  # fmt: skip
+            assert back.exit_code == 0, back.output[-3000:]
+            rolled = json.loads(back.stdout)["runs"]
+            assert [r["parameters"]["app"] for r in rolled] == [risk, refdata]
+        with Ledger() as ledger:
+            started = [
+                (e.payload["parameters"]["app"], e.payload["parameters"].get("rollback"))
+                for e in ledger.entries(kinds=["run_started"])
+                if e.payload["runbook"] == "release"
+            ]
+        assert started == [(refdata, False), (risk, False), (risk, True), (refdata, True)]
+        with SshPool(estate) as pool:
+            for name, version in old.items():
+                a = estate.app(name)
+                assert a.release is not None
+                for h in a.hosts:
+                    link = pool.run(h, ["readlink", f"{a.release.root}/current"])
+                    assert link.stdout.strip() == f"releases/{version}", (name, h, link.stdout)
+    finally:
+        for name, version in old.items():
+            _put_back_app(estate, name, version)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,32 +31,11 @@ from openbell.tasks.ledger.models import entries as T
 class RunJournal:
     """The run-level records of the ledger (mixed into ``Ledger``)."""
 
-    if TYPE_CHECKING:
-
-        def append(
-            self,
-            kind: str,
-            run_id: str | None,
-            payload: Mapping[str, Any] | BaseModel,
-            *,
-            ref: str | None = None,
-        ) -> Entry: ...
-
-        def append_many(self, items: Iterable[NewEntry]) -> list[Entry]: ...
-
-        def entries(
-            self,
-            run_id: str | None = None,
-            kinds: Iterable[str] | None = None,
-            since: datetime | date | None = None,
-            until: datetime | date | None = None,
-            *,
-            ref: str | None = None,
-            after_seq: int | None = None,
-            limit: int | None = None,
-        ) -> list[Entry]: ...
-
-        def _read(self) -> contextlib.AbstractContextManager[Connection]: ...
+    if TYPE_CHECKING:  # what the store (``Ledger``) provides
+        append: Callable[..., Entry]
+        append_many: Callable[[Iterable[NewEntry]], list[Entry]]
+        entries: Callable[..., list[Entry]]
+        _read: Callable[[], contextlib.AbstractContextManager[Connection]]
 
     def start_run(
         self,
