@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -117,7 +118,9 @@ class Host(Model):
     )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     command_timeout_s: float = Field(default=30.0, gt=0)
-    disk_paths: list[str] = Field(default_factory=lambda: ["."])
+    disk_paths: list[Annotated[str, AfterValidator(lambda v: _host_path(v))]] = Field(
+        default_factory=lambda: ["."]
+    )
     fix_store_dir: str | None = None
     log_dir: str | None = None
     order_records_dir: str | None = Field(
@@ -128,6 +131,12 @@ class Host(Model):
         description="where end of day writes the host's dated archive (e.g. a WORM mount)",
     )
     clock_command: Command = Field(default_factory=lambda: ["chronyc", "tracking"])
+
+    @field_validator("fix_store_dir", "log_dir", "order_records_dir", "archive_dir")
+    @classmethod
+    def _dirs(cls, value: str | None) -> str | None:
+        # these reach find, tar, df and friends as operands: never an option
+        return None if value is None else _host_path(value)
 
 
 AppKind = Literal["oms", "gateway", "algo", "risk", "marketdata", "service"]
@@ -315,6 +324,11 @@ class TradeFile(Model):
     host: str
     path: str = Field(description="e.g. var/venue/inbound/trades-{date}.csv")
     timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _host_path(value)
 
     def path_for(self, day: date) -> str:
         return self.path.format(date=day.strftime("%Y%m%d"), trade_date=day.isoformat())

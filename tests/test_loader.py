@@ -240,3 +240,29 @@ def test_a_sql_check_for_a_step_no_runbook_runs_is_refused(tmp_path: Path) -> No
     with pytest.raises(EstateError, match="refdta") as exc:
         load_estate(p)
     assert "refdata" in str(exc.value)  # the valid ones are listed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("    log_dir: var/log\n", '    log_dir: "-delete"\n', "log_dir"),
+        ("    disk_paths: [.]\n", "    disk_paths: [., -h]\n", "disk_paths[1]"),
+        ("    archive_dir: var/archive\n", "    archive_dir: --version\n", "archive_dir"),
+        (
+            "    order_records_dir: var/oms/records\n",
+            "    order_records_dir: -r\n",
+            "order_records_dir",
+        ),
+    ],
+)
+def test_a_host_path_that_would_read_as_an_option_is_refused(
+    tmp_path: Path, old: str, new: str, key: str
+) -> None:
+    """find, tar and df take such a value as an option (``-delete`` deletes), quoted or not."""
+    p = mutate(tmp_path, old, new)
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert exc.value.key_path is not None and exc.value.key_path.endswith(key), exc.value.key_path
+    assert "starts with '-'" in str(exc.value) and str(p) in str(exc.value)
+    assert exc.value.line is not None
+    assert new.strip() in p.read_text().splitlines()[exc.value.line - 1] or key.endswith("]")
