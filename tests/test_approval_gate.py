@@ -221,13 +221,23 @@ def test_a_reject_needs_a_reason_and_nothing_starts(
     stop_apps(estate)
     run = Run(path, estate)
     run_id = run.request().request.run_id
-    no_reason = decide("reject", run_id, APPROVER, reason=" ")
-    assert no_reason.exit_code == 2
-    assert "a reject needs a justification" in no_reason.stderr
+    for verb in ("reject", "approve"):  # a blank reason decides nothing, and is recorded
+        no_reason = decide(verb, run_id, APPROVER, reason=" ")
+        assert no_reason.exit_code == 2
+        assert f"to {verb}, give a justification" in no_reason.stderr
+    refused = [e.payload for e in entries(run_id, "refusal")]
+    assert [(r["who"], r["action"]) for r in refused][-2:] == [
+        (APPROVER, "reject"),
+        (APPROVER, "approve"),
+    ]
+    assert not entries(run_id, "approval_decided")
 
-    answer = decide("reject", run_id, APPROVER, reason="risk limits not loaded yet")
+    # a reason is text, not terminal markup: it is recorded and shown as typed
+    why = "risk limits not loaded yet [/x] [bold]"
+    answer = decide("reject", run_id, APPROVER, reason=why)
     assert answer.exit_code == 0, answer.stderr
-    assert_nothing_started(run.result(), "risk limits not loaded yet")
+    assert answer.stdout.startswith("rejected ")
+    assert_nothing_started(run.result(), why)
     (verdict,) = entries(run_id, "approval_verdict")
     assert verdict.payload["status"] == "rejected"
     assert verdict.payload["rejected_by"] == [APPROVER]

@@ -500,3 +500,14 @@ def test_several_apps_of_a_region_are_planned_in_dependency_order(tmp_path: Path
     assert "apac-oms: named more than once in one release" in one_error_line(twice)
     unknown = invoke(*base, "--app", "apac-oms", "--app", "emea-oms")
     assert "unknown releasable app in apac 'emea-oms'; valid" in one_error_line(unknown)
+
+
+def test_input_is_shown_as_text_not_markup_and_dates_stay_in_range() -> None:
+    base = ("plan", "sod", "--estate", str(LAB), "--as", "carol")
+    markup = invoke(*base, "--region", "[/x]eu\x1b[2J")
+    line = one_error_line(markup)  # no traceback: Rich would raise on a closing tag
+    assert "'[/x]eu" in line and "\x1b" not in line and "\\x1b" in line
+    for day in ("1989-12-31", "2101-01-01"):
+        old = invoke(*base, "--region", "emea", "--date", day)
+        assert old.exit_code == 2
+        assert f"--date {day}: outside 1990-01-01 to 2100-12-31" in one_error_line(old)

@@ -11,6 +11,7 @@ from openbell.deployments.cli.common import (
     AsOpt,
     CliError,
     JsonOpt,
+    as_text,
     command,
     out,
     require_entitled,
@@ -36,6 +37,16 @@ def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str)
         estate = load_estate(started.get("estate_source"))
         runbook, region = started["runbook"], started["region"]
         require_entitled(estate, approver, "approve", runbook, region, run_id=run_id)
+        if not reason.strip():
+            ledger.record_refusal(
+                who=approver,
+                action=verb,
+                runbook=runbook,
+                region=region,
+                reason=f"{verb} with a blank reason: a decision needs a justification",
+                run_id=run_id,
+            )
+            raise CliError(f"to {verb}, give a justification: --reason '...' (not blank)")
         decided = decide(
             ledger,
             estate,
@@ -48,10 +59,12 @@ def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str)
             via="cli",
         )
         req = decided.request.request
-        out.print(
-            f"[green]{verb}d[/] {runbook} {region.upper()} {started['trade_date']} step {req.step} "
+        done = {"approve": "approved", "reject": "rejected"}[verb]
+        said = (
+            f"{runbook} {region.upper()} {started['trade_date']} step {req.step} "
             f"(run {run_id}) as {approver}: {decided.verdict.status}: {decided.verdict.reason}"
         )
+        out.print(f"[green]{done}[/] {as_text(said)}")  # names and reasons are text, not markup
         flow_run_id = started.get("flow_run_id")
         if flow_run_id:
             from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -108,8 +121,6 @@ def reject(
     who: AsOpt = None,
 ) -> None:
     """Reject a step a run is waiting on; the run then changes nothing there."""
-    if not reason.strip():
-        raise CliError("a reject needs a justification: --reason '...'")
     _decide(run, step, who, "reject", reason)
 
 

@@ -55,13 +55,29 @@ AsOpt = Annotated[
 ]
 
 
+#: The trade dates a command accepts (the exchange calendars cover these and more).
+FIRST_DATE, LAST_DATE = date(1990, 1, 1), date(2100, 12, 31)
+
+
 class CliError(OpenbellError):
     """A usage problem: one line, exit code 2."""
 
 
+def as_text(value: str) -> str:
+    """Input (a name, a reason, a path) as plain text for the terminal: Rich markup escaped,
+    control characters (ANSI escapes among them) shown as ``\\x..``."""
+    from rich.markup import escape
+
+    shown = "".join(ch if ch.isprintable() or ch == "\n" else f"\\x{ord(ch):02x}" for ch in value)
+    return escape(shown)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(
-        f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True, markup=True
+        f"[bold red]error:[/] {as_text(redact(message))}",
+        highlight=False,
+        soft_wrap=True,
+        markup=True,
     )
     raise typer.Exit(code)
 
@@ -99,11 +115,16 @@ def parse_date(text: str | None) -> date | None:
     if text is None:
         return None
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise CliError(
             f"--date {text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-24"
         ) from None
+    if not FIRST_DATE <= day <= LAST_DATE:
+        raise CliError(
+            f"--date {text}: outside {FIRST_DATE} to {LAST_DATE}, the dates openbell schedules"
+        )
+    return day
 
 
 def check_runbook(runbook: str) -> Runbook:
