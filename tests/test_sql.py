@@ -86,7 +86,26 @@ WRITES = [
     (" ; ", "empty statement"),
     ("-- just a comment", "empty statement"),
     ("$1", "must start with SELECT"),
+    # side effects a READ ONLY transaction lets through
+    ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "pg_terminate_backend() has side"),
+    ("SELECT pg_cancel_backend (42)", "pg_cancel_backend() has side effects"),
+    ("SELECT pg_catalog.PG_ADVISORY_LOCK(1)", "pg_advisory_lock() has side effects"),
+    ("SELECT pg_try_advisory_xact_lock(1)", "pg_try_advisory_xact_lock() has side effects"),
+    ("SELECT pg_read_file('/etc/passwd')", "pg_read_file() has side effects"),
+    ("SELECT lo_export(1, '/tmp/x')", "lo_export() has side effects"),
+    ("SELECT * FROM dblink('db', 'DELETE FROM t') AS x(a int)", "dblink() has side effects"),
+    ("SELECT set_config('search_path', 'evil', false)", "set_config() has side effects"),
+    ('SELECT "pg_terminate_backend"(1)', "a function called by a quoted name"),
 ]
+
+
+def test_names_that_only_look_like_side_effects_pass() -> None:
+    for sql in (
+        "SELECT 'pg_terminate_backend(1)' AS quoted",
+        "SELECT pg_terminate_backend_count, lower(a) FROM t",
+        "SELECT count(*) FROM lo_files -- pg_advisory_lock(1)",
+    ):
+        assert why_not_read_only(sql) is None, sql
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
@@ -326,6 +345,8 @@ def test_pg_bound_parameters_stay_literals(pg: SqlRunner) -> None:
         "SELECT 1; DELETE FROM positions",
         "WITH d AS (DELETE FROM positions RETURNING *) SELECT COUNT(*) FROM d",
         "SELECT * INTO stolen FROM positions",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+        "SELECT pg_advisory_lock(4711)",
     ],
 )
 def test_pg_refuses_before_sending(pg: SqlRunner, sql: str) -> None:

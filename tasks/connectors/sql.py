@@ -15,6 +15,10 @@ A check is one statement that reads; ``SqlRunner`` makes sure of that twice:
    - a write hidden inside a read: ``INSERT``, ``UPDATE``, ``DELETE`` or ``MERGE`` in a
      CTE, ``SELECT ... INTO`` (creates a table), and row locks (``FOR UPDATE``,
      ``FOR SHARE``);
+   - a call of a function with side effects a read-only transaction does not stop
+     (``pg_terminate_backend``, advisory locks, ``pg_read_file``, large objects,
+     ``dblink``, ``set_config``, ...), and any function called by a quoted
+     name;
    - unterminated literals and nested ``/*`` comments (dialects disagree on where
      those end, so neither reading is trusted).
 
@@ -75,6 +79,19 @@ _WRITE_WORDS = {"INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "INTO"}
 _WORD = re.compile(r"[^\W\d][\w$]*")
 _ROW_LOCK = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+|KEY\s+)?(?:UPDATE|SHARE)\b", re.IGNORECASE)
 _DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+#: Functions whose side effects a READ ONLY transaction does not stop: ending or
+#: signalling other sessions, advisory locks (a session lock outlives the check on a
+#: pooled connection), the server's files, large objects, other connections (dblink),
+#: notifications, session settings, replication and WAL control. (``nextval`` and other
+#: writes the READ ONLY transaction refuses; ``pg_sleep`` ends at the statement timeout.)
+_SIDE_EFFECT_CALL = re.compile(
+    r"\b(pg_terminate_backend|pg_cancel_backend|pg_signal_backend|pg_(?:try_)?advisory_\w+"
+    r"|pg_read_(?:binary_)?file|pg_ls_\w+|pg_stat_file|pg_file_\w+|lo_\w+|dblink\w*"
+    r"|pg_notify|set_config|pg_reload_conf|pg_rotate_logfile|pg_switch_wal"
+    r"|pg_promote|pg_create_\w+|pg_drop_replication_slot|pg_logical_emit_message)\s*\(",
+    re.IGNORECASE,
+)
+_QUOTED_CALL = re.compile(r'""\s*\(')
 
 _engines: dict[tuple[str, float], Engine] = {}
 _engines_lock = threading.Lock()
@@ -123,6 +140,11 @@ def why_not_read_only(sql: str, dialect: str = "postgresql") -> str | None:
             return f"{word} is not allowed in a read-only check"
     if _ROW_LOCK.search(body):
         return "row locks (FOR UPDATE / FOR SHARE) are not allowed in a read-only check"
+    call = _SIDE_EFFECT_CALL.search(body)
+    if call:
+        return f"{call.group(1).lower()}() has side effects: not allowed in a read-only check"
+    if _QUOTED_CALL.search(body):
+        return "a function called by a quoted name is not allowed (its name cannot be checked)"
     return None
 
 
