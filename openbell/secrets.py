@@ -29,10 +29,17 @@ class SecretNotFoundError(OpenbellError):
 
 
 def register(value: str) -> None:
-    """Remember a secret value so that ``redact`` masks it everywhere."""
+    """Remember a secret value so that ``redact`` masks it everywhere, in every encoding it
+    takes on the way out: as is, JSON-escaped (a ``"`` or ``\\`` in it), URL-encoded (in
+    a database URL or a query string)."""
     if value and len(value) >= 4:
+        import json
+        from urllib.parse import quote, quote_plus
+
+        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+        forms |= {quote(value, safe=""), quote_plus(value), quote(value)}
         with _lock:
-            _values.add(value)
+            _values.update(f for f in forms if len(f) >= 4)
 
 
 def redact(text: str) -> str:

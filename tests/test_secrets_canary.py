@@ -160,3 +160,26 @@ def test_the_canary_never_leaves_on_success_or_failure(
     assert any(MASK in text for where, text in found.items() if where.endswith(".html"))
     assert slack.messages, "nothing reached Slack: the check could not fail"
     assert _leaks(found) == []
+
+
+def test_a_secret_is_masked_in_every_encoding_it_leaves_in() -> None:
+    """JSON escapes a ``"`` or a ``\\``, URLs percent-encode: the value is masked in each."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    from openbell.secrets import redact, register
+
+    secret = 'pa"ss\\w/rd é+1'
+    register(secret)
+    forms = [
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret),
+    ]
+    assert len(set(forms)) == len(forms)  # five different spellings of one value
+    for form in forms:
+        for text in (f"password={form};", f"postgresql://u:{form}@db/x"):
+            shown = redact(text)
+            assert form not in shown and "***" in shown, (form, shown)
