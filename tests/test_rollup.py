@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from openbell.outcome import Status
+from openbell.outcome import Outcome, Status
+from openbell.run import StepResult
 from openbell.tasks.ledger import Ledger
 from openbell.tasks.reports.rollup import rollup_paths, write_rollup
 from tests.fixtures.report_sample import DAY, record_sample_run, record_simple_run
@@ -159,3 +160,25 @@ def test_a_day_without_runs_says_so(ledger: Ledger, tmp_path: Path) -> None:
     assert "No run of any runbook is recorded for apac on 2026-11-23" in paths["html"].read_text()
     assert "No change was made." in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["totals"]["runs"] == 0
+
+
+def test_a_run_with_no_end_recorded_is_interrupted_and_links_no_report(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A killed run's steps may all have passed so far: the rollup never calls it ok."""
+    ledger.start_run(
+        runbook="sod",
+        region="emea",
+        trade_date=DAY,
+        requester="alice",
+        parameters={"region": "emea"},
+        run_id="emea-killed",
+    )
+    ok = Outcome(step="disk", target="emea-app1", status=Status.OK, detail="12% used")
+    ledger.record_step("emea-killed", StepResult(name="disk", title="Disk", outcomes=[ok]))
+    paths = write_rollup(ledger, "emea", DAY, tmp_path / "out")
+    (run,) = json.loads(paths["json"].read_text())["runs"]
+    assert (run["run_id"], run["status"], run["report"]) == ("emea-killed", "interrupted", "")
+    html = paths["html"].read_text()
+    assert "no report" in html and 'href=""' not in html
+    assert "⛔ interrupted" in paths["md"].read_text()

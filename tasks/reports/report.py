@@ -48,7 +48,14 @@ from openbell.settings import get_settings
 if TYPE_CHECKING:
     from openbell.tasks.ledger import Ledger
 
-EMOJI = {"ok": "✅", "changed": "🔧", "skipped": "⏭️", "failed": "❌", "unknown": "❓"}
+EMOJI = {
+    "ok": "✅",
+    "changed": "🔧",
+    "skipped": "⏭️",
+    "failed": "❌",
+    "unknown": "❓",
+    "interrupted": "⛔",
+}
 #: Status colours, shared by the badges (CSS) and the Gantt bars (SVG).
 COLOURS = {
     "ok": "#1a7f37",

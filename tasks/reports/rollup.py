@@ -185,7 +185,13 @@ def _json_default(value: Any) -> Any:
 
 
 def _run_line(r: RunRecord) -> dict[str, Any]:
+    """One run of the day. A run with no end recorded (killed, or its machine lost) is
+    ``interrupted`` whatever its steps said so far, and links no report (none was
+    written: reports are written as a run ends)."""
     a = r.ledger_anchor
+    interrupted = r.finished_status is None and r.finished_at is None
+    html = r.reports.get("html")
+    report = Path(html).name if html else report_paths(r, Path()).get("html", Path()).name
     return {
         "run_id": r.run_id,
         "runbook": r.runbook,
@@ -193,11 +199,11 @@ def _run_line(r: RunRecord) -> dict[str, Any]:
         "requester": r.operator,
         "started_at": r.started_at,
         "finished_at": r.finished_at,
-        "status": r.status.value,
+        "status": "interrupted" if interrupted else r.status.value,
         "finished_status": r.finished_status,
         "dry_run": r.dry_run,
         "counts": r.counts(),
-        "report": report_paths(r, Path()).get("html", Path()).name,
+        "report": "" if interrupted else report,
         "first_seq": a.first_seq if a else None,
         "last_seq": a.last_seq if a else None,
         "finished_hash": a.finished_hash if a else None,
