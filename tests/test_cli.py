@@ -511,3 +511,14 @@ def test_input_is_shown_as_text_not_markup_and_dates_stay_in_range() -> None:
         old = invoke(*base, "--region", "emea", "--date", day)
         assert old.exit_code == 2
         assert f"--date {day}: outside 1990-01-01 to 2100-12-31" in one_error_line(old)
+
+
+def test_validate_checks_the_entitlements_a_run_would_read(tmp_path: Path) -> None:
+    estate = tmp_path / "lab.yaml"
+    shutil.copy(LAB, estate)  # without its entitlements.yaml beside it
+    missing = invoke("validate", str(estate))
+    assert missing.exit_code == 1
+    assert f"{tmp_path / 'entitlements.yaml'}: no such file" in one_error_line(missing)
+    shutil.copy(LAB.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
+    ok = invoke("validate", str(estate))
+    assert ok.exit_code == 0 and "rules" in ok.stdout

@@ -16,6 +16,7 @@ from openbell.deployments.cli.common import (
     FromStep,
     JsonOpt,
     Region,
+    as_text,
     check_runbook,
     command,
     out,
@@ -98,15 +99,19 @@ def each_app(rb: Any, estate: Any, region: str, extra: dict[str, Any]) -> list[d
 
 @command(app)
 def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = None) -> None:
-    """Check an estate file: schema, cross-references, dependency cycles."""
+    """Check an estate file and its entitlements: schema, cross-references, dependency
+    cycles, identities (everything a later command would refuse)."""
+    from openbell.runbooks.entitlements import entitlements_for
     from openbell.runbooks.loader import load_estate
 
     estate = load_estate(path)
+    rules = entitlements_for(estate).rules
     out.print(
-        f"[green]ok[/] {estate.source}: {len(estate.regions)} regions, {len(estate.hosts)} hosts, "
-        f"{len(estate.apps)} apps, {len(estate.fix_sessions)} FIX sessions, "
-        f"{len(estate.feeds)} feeds, "
-        f"{len(estate.databases)} databases"
+        f"[green]ok[/] {as_text(str(estate.source))}: {len(estate.regions)} regions, "
+        f"{len(estate.hosts)} hosts, {len(estate.apps)} apps, "
+        f"{len(estate.fix_sessions)} FIX sessions, {len(estate.feeds)} feeds, "
+        f"{len(estate.databases)} databases; entitlements {estate.entitlements}: "
+        f"{len(rules)} rules"
     )
 
 
