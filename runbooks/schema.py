@@ -8,6 +8,7 @@ dependency between apps) are checked after parsing, and a dependency cycle is sh
 
 from __future__ import annotations
 
+import re
 import shlex
 from datetime import date
 from pathlib import Path
@@ -140,6 +141,20 @@ class Host(Model):
 
 
 AppKind = Literal["oms", "gateway", "algo", "risk", "marketdata", "service"]
+
+
+#: A name in the estate (region, host, app, session, feed, database, person, group): it
+#: reaches terminals, reports, Slack and the ledger, so printable text only, no markup.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
+
+
+def _check_name(name: str, key_path: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise EstateError(
+            f"name {name.encode('unicode_escape').decode()!r}: letters, digits and _ . @ + - "
+            "only (at most 64, starting with a letter or digit)",
+            key_path=key_path,
+        )
 
 
 def _host_path(value: str) -> str:
@@ -733,6 +748,12 @@ class Estate(Model):
     # ---- cross-reference validation ----------------------------------------------------
     @model_validator(mode="after")
     def _cross_references(self) -> Estate:
+        for section in ("regions", "hosts", "apps", "fix_sessions", "feeds", "databases"):
+            for name in getattr(self, section):
+                _check_name(name, f"{section}.{name}")
+        for section in ("people", "groups"):
+            for name in getattr(self, section):
+                _check_name(name, f"{section}.{name}")
         regions = list(self.regions)
         for name, r in self.regions.items():
             if name != name.lower():

@@ -522,3 +522,12 @@ def test_validate_checks_the_entitlements_a_run_would_read(tmp_path: Path) -> No
     shutil.copy(LAB.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
     ok = invoke("validate", str(estate))
     assert ok.exit_code == 0 and "rules" in ok.stdout
+
+
+def test_an_escape_in_an_estate_name_never_reaches_the_terminal(tmp_path: Path) -> None:
+    bad = tmp_path / "lab.yaml"
+    bad.write_text(LAB.read_text().replace("  emea-app1:\n", '  "emea-app1\\e[2J":\n', 1))
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "\x1b" not in line and "letters, digits" in line

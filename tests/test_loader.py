@@ -266,3 +266,16 @@ def test_a_host_path_that_would_read_as_an_option_is_refused(
     assert "starts with '-'" in str(exc.value) and str(p) in str(exc.value)
     assert exc.value.line is not None
     assert new.strip() in p.read_text().splitlines()[exc.value.line - 1] or key.endswith("]")
+
+
+@pytest.mark.parametrize(
+    "name", ["emea-app1\x1b[2J", "emea app1", "emea-[red]app1", "-app1", "é-app1"]
+)
+def test_names_are_printable_text_without_markup(tmp_path: Path, name: str) -> None:
+    """A name reaches terminals, reports and Slack: an escape or markup in it is refused."""
+    p = mutate(tmp_path, "  emea-app1:\n", f'  "{name}":\n'.replace("\x1b", "\\e"))
+    with pytest.raises(EstateError) as exc:
+        load_estate(p)
+    assert "letters, digits and _ . @ + - only" in str(exc.value)
+    assert exc.value.key_path is not None and exc.value.key_path.startswith("hosts.")
+    assert exc.value.line is not None  # the name's line (the CLI shows escapes as text)
