@@ -213,6 +213,12 @@ def test_bypass_attempts_are_refused_and_recorded_then_the_request_expires(
     refusals = [e.payload for e in entries(run_id, "refusal")]
     assert {r["who"] for r in refusals} >= {REQUESTER, "apac-lead", "emea.lead.adm", APPROVER}
 
+    late = decide("approve", run_id, APPROVER)  # after the verdict: too late, and recorded
+    assert late.exit_code == 1 and "already expired; nothing to decide" in late.stderr
+    last = entries(run_id, "refusal")[-1].payload
+    assert (last["who"], last["action"]) == (APPROVER, "approve")
+    assert "already expired" in last["reason"]
+
 
 def test_a_reject_needs_a_reason_and_nothing_starts(
     estate_with_approvals: Callable[..., tuple[Path, Estate]],

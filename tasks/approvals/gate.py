@@ -235,9 +235,16 @@ def decide(
     """
     req = load_request(ledger, run_id, step)
     if req.closed is not None:
-        raise ApprovalError(
-            f"run {run_id} step {req.request.step}: already {req.closed}; nothing to decide"
+        late = f"run {run_id} step {req.request.step}: already {req.closed}; nothing to decide"
+        ledger.record_refusal(  # a decision that came too late is on the record too
+            who=approver,
+            action=decision,
+            runbook=req.request.runbook,
+            region=req.request.region,
+            reason=late,
+            run_id=run_id,
         )
+        raise ApprovalError(late)
     when = now or utcnow()
     made = ApprovalDecision(
         run_id=run_id,
