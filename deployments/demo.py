@@ -49,6 +49,18 @@ REQUESTER = "carol"
 APPROVER = {"apac": "alice", "emea": "bob", "amer": "dave"}
 
 
+def key_of(person: str) -> str:
+    """The lab's signing key of ``person``: how the demo proves who acts (``--key``)."""
+    from openbell.runbooks.identity import lab_people_dir
+
+    return str(lab_people_dir(get_settings().home) / person)
+
+
+def as_(person: str) -> list[str]:
+    """``--as PERSON --key THEIR_KEY``: a typed name alone proves nothing."""
+    return ["--as", person, "--key", key_of(person)]
+
+
 def openbell(*args: str, check: bool = False) -> int:
     """Run the openbell CLI as a separate process, its output on this terminal."""
     console.print(f"[dim]$ openbell {' '.join(args)}[/]")
@@ -67,7 +79,7 @@ def run_with_approval(region: str) -> int:
     console.print(f"[dim]$ openbell run sod --region {region} --as {REQUESTER}[/]")
     sys.stdout.flush()
     started = time.time()
-    proc = subprocess.Popen([OPENBELL, "run", "sod", "--region", region, "--as", REQUESTER])
+    proc = subprocess.Popen([OPENBELL, "run", "sod", "--region", region, *as_(REQUESTER)])
     answered = False
     while proc.poll() is None:
         time.sleep(1)
@@ -85,9 +97,7 @@ def run_with_approval(region: str) -> int:
             console.print(
                 Rule(f"{approver}, in {region.upper()}'s approver group, approves from the CLI")
             )
-            openbell(
-                "approve", run_id, "--as", approver, "--reason", "demo: plan reviewed, go ahead"
-            )
+            openbell("approve", run_id, *as_(approver), "--reason", "demo: plan reviewed, go ahead")
             answered = True
     return proc.wait()
 
@@ -135,7 +145,7 @@ def tamper_demo(ledger_db: Path) -> None:
     env = {**os.environ, "OPENBELL_LEDGER_URL": f"sqlite:///{copy}"}
     console.print(f"[dim]$ OPENBELL_LEDGER_URL=sqlite:///{copy} openbell audit verify[/]")
     sys.stdout.flush()
-    subprocess.call([OPENBELL, "audit", "verify", "--as", REQUESTER], env=env)
+    subprocess.call([OPENBELL, "audit", "verify", *as_(REQUESTER)], env=env)
 
 
 def main() -> int:
@@ -158,19 +168,19 @@ def main() -> int:
 
     first = next(iter(estate.regions))
     console.print(Rule(f"start of day {first.upper()} again: nothing to approve or change"))
-    codes[f"{first} again"] = openbell("run", "sod", "--region", first, "--as", REQUESTER)
+    codes[f"{first} again"] = openbell("run", "sod", "--region", first, *as_(REQUESTER))
 
     eod = "amer" if "amer" in estate.regions else first
     day = eod_day(estate, eod).isoformat()
     console.print(Rule(f"end of day {eod.upper()} {day}"))
-    codes[f"eod {eod}"] = openbell("run", "eod", "--region", eod, "--date", day, "--as", REQUESTER)
+    codes[f"eod {eod}"] = openbell("run", "eod", "--region", eod, "--date", day, *as_(REQUESTER))
     console.print(Rule(f"end of day {eod.upper()} {day} again: nothing is done twice"))
     codes[f"eod {eod} again"] = openbell(
-        "run", "eod", "--region", eod, "--date", day, "--as", REQUESTER
+        "run", "eod", "--region", eod, "--date", day, *as_(REQUESTER)
     )
 
     console.print(Rule("the ledger"))
-    codes["audit"] = openbell("audit", "verify", "--as", REQUESTER)
+    codes["audit"] = openbell("audit", "verify", *as_(REQUESTER))
     ledger_db = settings.home / "ledger.db"
     if ledger_db.exists():
         tamper_demo(ledger_db)

@@ -9,9 +9,10 @@ any host is touched; every host is staged and verified before any switches; the
 release's approver group (not the requester) approves exactly this artifact, version,
 hosts and batches; the canary is switched and soaked, then (after a second decision,
 shown the canary's evidence, where the app's ``continue_after_canary`` asks for one) the
-rest in batches; every host of the region is attested at the end. A failed step after the first switch rolls
-back the hosts this release switched, and only those, to the release the ledger recorded
-for each before. ``--rollback`` returns the region to the version before its last release.
+rest in batches; every host of the region is attested at the end. A failed step after the
+first switch rolls back the hosts this release switched, and only those, to the release
+the ledger recorded for each before. ``--rollback`` returns the region to the version
+before its last release.
 
 Re-running a stopped release picks up where it stopped: keys per (release, region, app,
 version, host, step), and every host step reads the host before acting. A run killed

@@ -358,6 +358,7 @@ class HostFleet:
             )
             lines.append(keys.known_hosts_line(host.address, host.port, host_key))
         keys.write_known_hosts(Path(estate.known_hosts).expanduser(), lines)
+        keys.write_people_keys(paths.home, sorted(estate.people))
         return cls(hosts)
 
     def open(self, faults: list[Fault]) -> None:

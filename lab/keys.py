@@ -73,3 +73,31 @@ def _write(path: Path, text: str, mode: int) -> None:
         fh.write(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def write_people_keys(home: Path, people: list[str]) -> Path:
+    """A signing key per person under ``<home>/lab/people/`` and the ``allowed_signers`` file.
+
+    The lab's people prove who they are with these (``openbell approve --key``); the
+    lab's entitlements name ``${OPENBELL_HOME}/lab/allowed_signers``. Keys already there
+    are kept; the file lists every key in the folder (the principal is the file's name),
+    so estates with other people can share one lab home.
+
+    Returns:
+        The allowed_signers file.
+    """
+    from openbell.runbooks.identity import lab_people_dir
+
+    folder = lab_people_dir(home)
+    for person in people:
+        load_or_create_key(folder / person, f"{person}@openbell-lab")
+    lines = []
+    for pub in sorted(folder.glob("*.pub")):
+        fields = pub.read_text(encoding="utf-8").split()
+        if len(fields) >= 2:
+            lines.append(
+                f'{pub.name[: -len(".pub")]} namespaces="openbell" {fields[0]} {fields[1]}\n'
+            )
+    signers = home / "lab" / "allowed_signers"
+    _write(signers, "".join(lines), 0o644)
+    return signers

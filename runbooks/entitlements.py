@@ -99,12 +99,52 @@ class Rule(Model):
         )
 
 
+#: What a service account may never do for someone else: a decision counts only from the
+#: person's own account or key (four eyes means two people, not one scheduler).
+DECISIONS: frozenset[str] = frozenset({"approve"})
+
+
+class ServiceAccount(Model):
+    """An operating-system account that may name someone else with ``--as`` (a scheduler).
+
+    What it does is recorded as the account acting for that person, never as the person.
+    """
+
+    acts_for: Names = Field(description="persons, group:NAME, or '*' it may act for")
+    actions: Names = Field(description="the actions it may take for them (never approve)")
+    why: str = Field(default="", description="why this account acts for others")
+
+    @model_validator(mode="after")
+    def _no_decisions(self) -> ServiceAccount:
+        bad = sorted(DECISIONS & set(self.actions))
+        if bad:
+            raise ValueError(
+                f"a service account may not {', '.join(bad)} for others: a decision counts "
+                "only from the person's own account or key; valid actions: "
+                + ", ".join(a for a in ACTIONS if a not in DECISIONS)
+            )
+        return self
+
+
+class IdentityPolicy(Model):
+    """How a command proves who runs it (see :mod:`openbell.runbooks.identity`)."""
+
+    service_accounts: dict[str, ServiceAccount] = Field(
+        default_factory=dict, description="OS account -> whom it may act for, and how"
+    )
+    allowed_signers: str | None = Field(
+        default=None,
+        description="an ssh allowed_signers file: principals are persons, keys are theirs",
+    )
+
+
 class EntitlementsFile(Model):
-    """The shape of an entitlements YAML: extra groups and the rules."""
+    """The shape of an entitlements YAML: extra groups, the rules, and how identity is proven."""
 
     version: Literal[1] = 1
     groups: dict[str, Group] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+    identity: IdentityPolicy = Field(default_factory=IdentityPolicy)
 
 
 class Decision(Model):
@@ -177,6 +217,22 @@ class Entitlements:
             _compile(i, rule, estate, self._groups, source, lines)
             for i, rule in enumerate(spec.rules)
         )
+        for account, entry in spec.identity.service_accounts.items():
+            where = f"identity.service_accounts.{account}"
+            _check_names(entry.actions, ACTIONS, "action", f"{where}.actions")
+            for j, subject in enumerate(entry.acts_for):
+                if subject == ANY:
+                    continue
+                if subject.startswith(GROUP_PREFIX):
+                    if subject[len(GROUP_PREFIX) :] not in self._groups:
+                        raise UnknownNameError(
+                            "group",
+                            subject[len(GROUP_PREFIX) :],
+                            list(self._groups),
+                            key_path=f"{where}.acts_for[{j}]",
+                        )
+                    continue
+                _check_person(subject, estate, self._groups, f"{where}.acts_for[{j}]")
 
     @property
     def estate(self) -> Estate:
@@ -197,6 +253,26 @@ class Entitlements:
     def groups(self) -> dict[str, Group]:
         """The groups this file defines (the estate's are in ``estate.groups``)."""
         return dict(self._spec.groups)
+
+    @property
+    def identity(self) -> IdentityPolicy:
+        """How a command proves who runs it: service accounts and the signers' keys."""
+        return self._spec.identity
+
+    def may_act_for(self, account: str, person: str, action: str) -> ServiceAccount | None:
+        """The service-account entry letting OS ``account`` do ``action`` for ``person``."""
+        entry = self._spec.identity.service_accounts.get(account)
+        if entry is None or action not in entry.actions or action in DECISIONS:
+            return None
+        persons: set[str] = set()
+        for subject in entry.acts_for:
+            if subject == ANY:
+                persons |= set(self._estate.people)
+            elif subject.startswith(GROUP_PREFIX):
+                persons |= self._groups.get(subject[len(GROUP_PREFIX) :], frozenset())
+            else:
+                persons.add(subject)
+        return entry if person in persons else None
 
     def person_of(self, identity: str) -> str | None:
         """The person behind an identity (their key or one of their identities), or None."""

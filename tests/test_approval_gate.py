@@ -34,6 +34,7 @@ from openbell.tasks.approvals.gate import Decided, OpenRequest, pending_requests
 from openbell.tasks.connectors import calendar
 from openbell.tasks.connectors.ssh import SshPool
 from openbell.tasks.ledger import Ledger
+from tests.fixtures.people import as_, key_of
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,7 @@ def stop_apps(estate: Estate) -> list[str]:
 
 
 def decide(verb: str, run_id: str, who: str, reason: str = "checked the plan") -> Any:
-    args = [verb, run_id, "--as", who, "--reason", reason]
+    args = [verb, run_id, *as_(who), "--reason", reason]
     return cli.invoke(app, args)
 
 
@@ -280,9 +281,10 @@ def test_resuming_through_prefects_api_without_an_approval_is_refused(
     assert refusal["action"] == "resume" and "nothing was changed" in refusal["reason"]
 
 
-def test_an_answer_from_the_prefect_ui_form_goes_through_the_same_rules(
+def test_an_answer_from_the_prefect_ui_or_api_is_nobodys_without_a_signature(
     estate_with_approvals: Callable[..., tuple[Path, Estate]],
 ) -> None:
+    """The issue's attack: anyone who reaches the Prefect server posts alice's approval."""
     path, estate = estate_with_approvals()
     stop_apps(estate)
     run = Run(path, estate)
@@ -292,11 +294,74 @@ def test_an_answer_from_the_prefect_ui_form_goes_through_the_same_rules(
         req.flow_run_id,
         {"approver": APPROVER, "decision": "approve", "justification": "ok from the UI"},
     )
-    record = run.result()
-    assert {o.status for o in apps_outcomes(record).values()} == {Status.CHANGED}
+    assert_nothing_started(run.result(), "resumed without a new approval")
     (decided,) = entries(req.request.run_id, "approval_decided")
     assert decided.payload["via"] == "prefect-ui"
     assert decided.payload["decision"]["approver"] == APPROVER
+    assert decided.payload["decision"]["proof"]["method"] == "none"
+    refused = [e.payload for e in entries(req.request.run_id, "refusal")]
+    assert any(r["who"] == APPROVER and "not a proven identity" in r["reason"] for r in refused), (
+        refused
+    )
+
+
+def test_a_signed_answer_from_the_prefect_ui_form_counts(
+    estate_with_approvals: Callable[..., tuple[Path, Estate]],
+) -> None:
+    from openbell.runbooks.identity import decision_statement, sign
+
+    path, estate = estate_with_approvals()
+    stop_apps(estate)
+    run = Run(path, estate)
+    req = run.request()
+    assert req.flow_run_id
+    why = "ok from the UI, signed"
+    statement = decision_statement(
+        run_id=req.request.run_id,
+        step=req.request.step,
+        binding=req.request.binding_hash,
+        decision="approve",
+        person=APPROVER,
+        reason=why,
+    )
+    signature = sign(key_of(APPROVER), statement)
+    _resume(
+        req.flow_run_id,
+        {"approver": APPROVER, "decision": "approve", "justification": why, "signature": signature},
+    )
+    record = run.result()
+    assert {o.status for o in apps_outcomes(record).values()} == {Status.CHANGED}
+    (decided,) = entries(req.request.run_id, "approval_decided")
+    proof = decided.payload["decision"]["proof"]
+    assert (proof["method"], proof["person"], proof["account"]) == (
+        "ssh-key",
+        APPROVER,
+        "prefect-api",
+    )
+    assert proof["statement"] == statement
+
+
+def test_a_typed_name_approves_nothing_from_the_cli(
+    estate_with_approvals: Callable[..., tuple[Path, Estate]],
+) -> None:
+    """The issue's first attack: the requester types `--as` the approver, with no key."""
+    path, estate = estate_with_approvals()
+    stop_apps(estate)
+    run = Run(path, estate)
+    req = run.request()
+    forged = cli.invoke(
+        app, ["approve", req.request.run_id, "--as", APPROVER, "--reason", "trust me"]
+    )
+    assert forged.exit_code == 1
+    assert "a typed name proves nothing" in forged.stderr
+    assert not entries(req.request.run_id, "approval_decided")
+    refusal = entries(req.request.run_id, "refusal")[-1].payload
+    assert (refusal["who"], refusal["action"]) == (APPROVER, "approve")
+    assert "identity not proven" in refusal["reason"]
+    answer = decide("approve", req.request.run_id, APPROVER)  # with the approver's key
+    assert answer.exit_code == 0, answer.stderr
+    assert "signed with key SHA256:" in answer.stdout
+    assert {o.status for o in apps_outcomes(run.result()).values()} == {Status.CHANGED}
 
 
 def test_an_approval_no_longer_counts_once_the_estate_changed(

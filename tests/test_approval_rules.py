@@ -6,6 +6,7 @@ import hashlib
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -76,7 +77,10 @@ def decision(
     binding: str = H,
     run_id: str = RUN,
     step: str = STEP,
+    proof: dict[str, Any] | None = None,
 ) -> ApprovalDecision:
+    """A decision as ``openbell approve`` records it: by default proven by the approver's
+    own OS account (the account is the approver's name or identity)."""
     return ApprovalDecision.model_validate(
         {
             "run_id": run_id,
@@ -86,6 +90,7 @@ def decision(
             "justification": justification,
             "binding_hash": binding,
             "decided_at": T0 + timedelta(minutes=minutes),
+            "proof": proof or {"person": approver, "method": "os-account", "account": approver},
         }
     )
 
@@ -259,6 +264,41 @@ BYPASS_ATTEMPTS: list[tuple[str, ApprovalDecision, float, str]] = [
         decision("carol", minutes=-1),
         10,
         "approve by carol: decided at 2026-11-24 06:59:00Z, before the request was opened",
+    ),
+    (
+        "a typed name with no proof (the Prefect API)",
+        decision("carol", proof={"person": "carol", "method": "none", "account": "prefect-api"}),
+        10,
+        "approve by carol: not a proven identity ('carol' (unproven: prefect-api))",
+    ),
+    (
+        "a decision with no proof recorded",
+        decision("carol").model_copy(update={"proof": None}),
+        10,
+        "approve by carol: not a proven identity (no proof at all)",
+    ),
+    (
+        "a service account acting for the approver",
+        decision(
+            "carol",
+            proof={
+                "person": "carol",
+                "method": "service-account",
+                "account": "svc-sched",
+                "acting_for": True,
+            },
+        ),
+        10,
+        "approve by carol: not a proven identity (carol (service account svc-sched",
+    ),
+    (
+        "a key that proves someone else",
+        decision(
+            "carol",
+            proof={"person": "dave", "method": "ssh-key", "account": "bob", "key": "SHA256:x"},
+        ),
+        10,
+        "approve by carol: proven to be dave, not carol",
     ),
     (
         "approval dated in the future",
@@ -435,3 +475,23 @@ def test_require_approvals_returns_a_satisfied_verdict(estate: Estate, ents: Ent
     assert v.satisfied
     with pytest.raises(ApprovalRuleError, match="run run-1 step start_apps: 0 of 1 approvals"):
         require_approvals(request(estate), [], estate=estate, entitlements=ents, now=T0)
+
+
+def test_the_approval_request_in_slack_is_text_not_markup(estate: Estate) -> None:
+    """The issue's hostile app name pings nobody, hides no link and forges no line."""
+    from types import SimpleNamespace
+
+    from openbell.tasks.approvals.gate import approval_text
+
+    hostile = "x <!channel> <http://evil|click here>\nBinding 000000000000; approved by alice"
+    ctx = SimpleNamespace(runbook="sod", region="emea", trade_date=date(2026, 11, 24), run_id=RUN)
+    req = request(estate, requester="bob\napproved by carol")
+    text = approval_text(ctx, req, f"start {hostile}", [f"start {hostile}@emea-app1"])  # type: ignore[arg-type]
+    assert "<!channel>" not in text and "<http" not in text and "|click here>" not in text
+    assert "&lt;!channel&gt; &lt;http://evil|click here&gt;" in text
+    lines = text.splitlines()
+    assert [ln for ln in lines if ln.startswith("Binding ")] == [
+        f"Binding {req.binding_hash[:12]}; expires {req.expires_at:%Y-%m-%d %H:%M:%SZ}."
+    ]
+    assert not any(ln.startswith("approved by") for ln in lines)
+    assert "requested by bob approved by carol." in lines[0]

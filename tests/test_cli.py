@@ -17,6 +17,7 @@ from openbell.deployments.cli import app
 from openbell.lab.faults import FaultBook
 from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors import calendar
+from tests.fixtures.people import as_
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 runner = CliRunner()
@@ -179,7 +180,7 @@ def test_who_may_not_is_refused_in_one_line_and_the_refusal_is_in_the_ledger() -
     line = one_error_line(result)
     assert "refused: 'mallory' may not plan sod in emea" in line
     assert "--as or OPENBELL_OPERATOR" in line
-    result = invoke("run", "sod", "--region", "amer", "--estate", str(LAB), "--as", "erin")
+    result = invoke("run", "sod", "--region", "amer", "--estate", str(LAB), *as_("erin"))
     assert result.exit_code == 1
     assert "erin may not run sod in amer: denied by" in one_error_line(result)
     with Ledger() as ledger:
@@ -201,7 +202,9 @@ def test_audit_verify_finds_a_row_altered_with_sqlite3(tmp_path: Path) -> None:
             ledger.append("note", None, {"n": i})
     env = {"OPENBELL_LEDGER_URL": url, "OPENBELL_HOME": str(tmp_path)}
     get_settings.cache_clear()
-    ok = runner.invoke(app, ["audit", "verify", "--as", "carol", "--estate", str(LAB)], env=env)
+    ok = runner.invoke(
+        app, ["audit", "verify", *as_("carol", tmp_path), "--estate", str(LAB)], env=env
+    )
     assert ok.exit_code == 0, ok.stderr
     assert "OK: 12 entries" in ok.stdout
     # What a database owner could do behind openbell's back: drop the guard, edit a row.
@@ -210,11 +213,15 @@ def test_audit_verify_finds_a_row_altered_with_sqlite3(tmp_path: Path) -> None:
             db.execute(f'DROP TRIGGER "{name}"')
         db.execute("""UPDATE entries SET payload = '{"n":700}' WHERE seq = 7""")
     get_settings.cache_clear()
-    bad = runner.invoke(app, ["audit", "verify", "--as", "carol", "--estate", str(LAB)], env=env)
+    bad = runner.invoke(
+        app, ["audit", "verify", *as_("carol", tmp_path), "--estate", str(LAB)], env=env
+    )
     assert bad.exit_code == 1
     assert "BROKEN at entry 7: altered" in bad.stderr
     get_settings.cache_clear()
-    denied = runner.invoke(app, ["audit", "verify", "--as", "bob", "--estate", str(LAB)], env=env)
+    denied = runner.invoke(
+        app, ["audit", "verify", *as_("bob", tmp_path), "--estate", str(LAB)], env=env
+    )
     assert denied.exit_code == 1
     assert "bob may not audit" in one_error_line(denied)
 
@@ -231,7 +238,7 @@ def test_audit_export_writes_a_bundle_that_verifies_offline(tmp_path: Path) -> N
     bundle = tmp_path / "bundle.json"
     result = runner.invoke(
         app,
-        ["audit", "export", "--out", str(bundle), "--as", "carol", "--estate", str(LAB)],
+        ["audit", "export", "--out", str(bundle), *as_("carol", tmp_path), "--estate", str(LAB)],
         env={"OPENBELL_LEDGER_URL": url, "OPENBELL_HOME": str(tmp_path)},
     )
     assert result.exit_code == 0, result.stderr
@@ -275,8 +282,7 @@ def test_run_json_exit_code_follows_the_checks(lab) -> None:  # type: ignore[no-
         "--estate",
         str(path),
         "--json",
-        "--as",
-        "emea-oncall",
+        *as_("emea-oncall"),
     )
     assert ok.exit_code == 0, ok.stdout[-2000:]
     record = json.loads(ok.stdout)
@@ -293,8 +299,7 @@ def test_run_json_exit_code_follows_the_checks(lab) -> None:  # type: ignore[no-
         "--estate",
         str(path),
         "--json",
-        "--as",
-        "emea-oncall",
+        *as_("emea-oncall"),
     )
     assert bad.exit_code == 1
     assert json.loads(bad.stdout)["status"] == "failed"
@@ -343,8 +348,7 @@ def test_unreachable_host_and_wrong_host_key_are_named(lab, tmp_path: Path) -> N
         _day(estate),
         "--estate",
         str(estate_file),
-        "--as",
-        "emea-oncall",
+        *as_("emea-oncall"),
     )
     assert result.exit_code == 1
     out = " ".join(result.stdout.split())
@@ -371,10 +375,10 @@ def report_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_report_writes_a_run_report_from_its_id_or_prefix(report_ledger: Path) -> None:
     full = invoke(
-        "report", "4f1c2d3e-5a6b-4c7d-8e9f-0123456789ab", "--out", str(report_ledger), "--as", "bob"
+        "report", "4f1c2d3e-5a6b-4c7d-8e9f-0123456789ab", "--out", str(report_ledger), *as_("bob")
     )
-    by_prefix = invoke("report", "4f1c2d3e", "--out", str(report_ledger), "--json", "--as", "bob")
-    denied = invoke("report", "4f1c2d3e", "--out", str(report_ledger), "--as", "alice")
+    by_prefix = invoke("report", "4f1c2d3e", "--out", str(report_ledger), "--json", *as_("bob"))
+    denied = invoke("report", "4f1c2d3e", "--out", str(report_ledger), *as_("alice"))
     assert denied.exit_code == 1
     assert "alice may not report sod in emea" in one_error_line(denied)
 
@@ -394,8 +398,7 @@ def test_report_writes_the_daily_rollup(report_ledger: Path) -> None:
         "2026-11-24",
         "--out",
         str(report_ledger),
-        "--as",
-        "carol",
+        *as_("carol"),
     )
 
     assert result.exit_code == 0, result.stderr
@@ -417,7 +420,7 @@ def test_report_writes_the_daily_rollup(report_ledger: Path) -> None:
     ids=["unknown-run", "nothing", "both", "no-date", "unknown-region", "bad-date"],
 )
 def test_report_errors_are_one_line(report_ledger: Path, args: list[str], words: list[str]) -> None:
-    result = invoke("report", *args, "--as", "carol")
+    result = invoke("report", *args, *as_("carol"))
 
     assert result.exit_code == 2
     text = one_error_line(result)

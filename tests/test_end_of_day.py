@@ -20,6 +20,7 @@ from openbell.run import RunRecord
 from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors import calendar
 from openbell.tasks.sessions import reset_due
+from tests.fixtures.people import as_
 
 pytestmark = pytest.mark.integration
 
@@ -263,12 +264,10 @@ def test_logout_waits_for_a_second_person_where_the_estate_says_so(  # type: ign
     assert all(not effects().read(kind="fix_logout", key=k) for k in logouts)  # not yet
     cli = CliRunner()
     own = cli.invoke(
-        app, ["approve", req.request.run_id, "--as", f"{region}-oncall", "--reason", "x"]
+        app, ["approve", req.request.run_id, *as_(f"{region}-oncall"), "--reason", "x"]
     )
     assert own.exit_code != 0 and "cannot decide on their own change" in own.output
-    ok = cli.invoke(
-        app, ["approve", req.request.run_id, "--as", f"{region}-lead", "--reason", "ok"]
-    )
+    ok = cli.invoke(app, ["approve", req.request.run_id, *as_(f"{region}-lead"), "--reason", "ok"])
     assert ok.exit_code == 0, ok.output
     thread.join(180)
     record = done["record"]

@@ -31,6 +31,7 @@ from openbell.tasks.approvals.gate import pending_requests
 from openbell.tasks.connectors import calendar
 from openbell.tasks.context import Changes, PlanContext, RunContext, StepRun, fan_out, in_thread
 from openbell.tasks.ledger import Ledger
+from tests.fixtures.people import as_
 
 REGION = "emea"
 REQUESTER = "emea-oncall"
@@ -294,9 +295,9 @@ def test_run_waits_for_approval_then_a_rerun_does_nothing_twice(
     targets = sorted(h for h in first_hosts(tidy_estate))
     assert sorted(c.split(" ", 1)[1] for c in req.changes) == targets
     # four eyes: the requester cannot approve their own run
-    own = invoke("approve", req.request.run_id, "--as", REQUESTER, "--reason", "mine")
+    own = invoke("approve", req.request.run_id, *as_(REQUESTER), "--reason", "mine")
     assert own.exit_code != 0 and "cannot decide on their own change" in own.output
-    ok = invoke("approve", req.request.run_id, "--as", APPROVER, "--reason", "plan checked")
+    ok = invoke("approve", req.request.run_id, *as_(APPROVER), "--reason", "plan checked")
     assert ok.exit_code == 0, ok.output
     record = first.result()
     steps = by_step(record)
@@ -326,7 +327,7 @@ def test_run_waits_for_approval_then_a_rerun_does_nothing_twice(
 def test_a_rejected_change_changes_nothing(tidy_estate: Path, day: date) -> None:
     run = Run(tidy_estate, day)
     req = run.request()
-    no = invoke("reject", req.request.run_id, "--as", APPROVER, "--reason", "not today")
+    no = invoke("reject", req.request.run_id, *as_(APPROVER), "--reason", "not today")
     assert no.exit_code == 0, no.output
     record = run.result()
     marked = by_step(record)["marked"].outcomes

@@ -25,6 +25,7 @@ from openbell.runbooks.schema import Estate
 from openbell.settings import get_settings
 from openbell.tasks.ledger import Ledger
 from tests.fixtures.killer import closed_days
+from tests.fixtures.people import as_
 from tests.test_end_of_day import eod_day
 
 pytestmark = pytest.mark.integration
@@ -151,8 +152,7 @@ def test_from_step_skips_the_steps_before_and_redoes_that_one_from_its_state(
             day.isoformat(),
             "--estate",
             str(path),
-            "--as",
-            "amer-oncall",
+            *as_("amer-oncall"),
             "--from-step",
             "archve",
         ],

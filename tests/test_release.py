@@ -27,6 +27,7 @@ from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors.ssh import SshPool
 from tests.fixtures import release as release_state
 from tests.fixtures.approver import AutoApprover
+from tests.fixtures.people import as_
 
 pytestmark = pytest.mark.integration
 
@@ -379,7 +380,7 @@ def test_several_apps_go_in_dependency_order_and_come_back_in_reverse(lab) -> No
     old = {n: estate.app(n).expected_version for n in (refdata, risk)}
     new = {refdata: "7.2.1", risk: "3.14.2"}
     assert old == {refdata: "7.2.0", risk: "3.14.1"}
-    base = ["run", "release", "--region", REGION, "--estate", str(path), "--as", f"{REGION}-oncall"]
+    base = ["run", "release", "--region", REGION, "--estate", str(path), *as_(f"{REGION}-oncall")]
     try:
         with AutoApprover(estate, REGION, f"{REGION}-lead"):
             forward = CliRunner().invoke(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -11,11 +11,12 @@ from openbell.deployments.cli.common import (
     AsOpt,
     CliError,
     JsonOpt,
+    KeyOpt,
     as_text,
     command,
     out,
+    proven,
     require_entitled,
-    whoami,
 )
 
 # Top-level commands: the package puts them on the root app.
@@ -25,17 +26,36 @@ Reason = Annotated[str, typer.Option("--reason", help="your justification (kept 
 StepOpt = Annotated[str | None, typer.Option("--step", help="the step, if the run has several")]
 
 
-def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str) -> None:
+def _decide(run: str, step: str | None, who: str | None, key: Any, verb: str, reason: str) -> None:
     from openbell.runbooks.entitlements import entitlements_for
+    from openbell.runbooks.identity import decision_statement
     from openbell.runbooks.loader import load_estate
-    from openbell.tasks.approvals.gate import decide, resume_run
+    from openbell.settings import get_settings
+    from openbell.tasks.approvals.gate import ApprovalError, decide, load_request, resume_run
     from openbell.tasks.ledger import Ledger
 
-    approver = whoami(who)
+    claimed = who or get_settings().operator
+    decision: Literal["approve", "reject"] = "reject" if verb == "reject" else "approve"
     with Ledger() as ledger:
         run_id, started = _find_run(ledger, run)
         estate = load_estate(started.get("estate_source"))
         runbook, region = started["runbook"], started["region"]
+        try:
+            asked = load_request(ledger, run_id, step).request
+        except ApprovalError as exc:
+            raise CliError(str(exc)) from None
+        statement = decision_statement(
+            run_id=run_id,
+            step=asked.step,
+            binding=asked.binding_hash,
+            decision=decision,
+            person=claimed or "(key owner)",
+            reason=reason,
+        )
+        proof = proven(
+            estate, claimed, key, "approve", runbook, region, run_id=run_id, statement=statement
+        )
+        approver = claimed or proof.person
         require_entitled(estate, approver, "approve", runbook, region, run_id=run_id)
         if not reason.strip():
             ledger.record_refusal(
@@ -53,8 +73,9 @@ def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str)
             entitlements_for(estate),
             run_id=run_id,
             approver=approver,
-            decision="reject" if verb == "reject" else "approve",
+            decision=decision,
             justification=reason,
+            proof=proof,
             step=step,
             via="cli",
         )
@@ -64,7 +85,10 @@ def _decide(run: str, step: str | None, who: str | None, verb: str, reason: str)
             f"{runbook} {region.upper()} {started['trade_date']} step {req.step} "
             f"(run {run_id}) as {approver}: {decided.verdict.status}: {decided.verdict.reason}"
         )
-        out.print(f"[green]{done}[/] {as_text(said)}")  # names and reasons are text, not markup
+        out.print(f"[green]{done}[/] {as_text(said)}")
+        out.print(
+            f"identity: {as_text(proof.describe())}"
+        )  # names and reasons are text, not markup
         flow_run_id = started.get("flow_run_id")
         if flow_run_id:
             from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -108,9 +132,10 @@ def approve(
     reason: Reason,
     step: StepOpt = None,
     who: AsOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Approve a step a run is waiting on (four-eyes: never your own run)."""
-    _decide(run, step, who, "approve", reason)
+    _decide(run, step, who, key, "approve", reason)
 
 
 @command(app)
@@ -119,9 +144,10 @@ def reject(
     reason: Reason,
     step: StepOpt = None,
     who: AsOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Reject a step a run is waiting on; the run then changes nothing there."""
-    _decide(run, step, who, "reject", reason)
+    _decide(run, step, who, key, "reject", reason)
 
 
 @command(app)

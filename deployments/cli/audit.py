@@ -12,19 +12,22 @@ from openbell.deployments.cli.common import (
     AsOpt,
     EstateOpt,
     JsonOpt,
+    KeyOpt,
     command,
     err,
     out,
     parse_date,
+    proven,
     require_entitled,
-    whoami,
 )
 from openbell.settings import get_settings
 
 app = typer.Typer(help="Check and export the run ledger.", no_args_is_help=True)
 
 
-def _require_audit(who: str | None, everywhere: bool, estate_path: Path | None) -> None:
+def _require_audit(
+    who: str | None, key: Path | None, everywhere: bool, estate_path: Path | None
+) -> None:
     """``audit`` rights: somewhere to verify, everywhere to export (the content itself)."""
     from openbell import catalog
     from openbell.runbooks.entitlements import entitlements_for
@@ -32,7 +35,7 @@ def _require_audit(who: str | None, everywhere: bool, estate_path: Path | None) 
 
     estate = load_estate(estate_path)
     ents = entitlements_for(estate)
-    me = whoami(who)
+    me = proven(estate, who, key, "audit", "*", "*").person
     cells = [(rb, r) for rb in catalog.names() for r in estate.regions]
     allowed = [ents.decide(me, "audit", rb, r).allowed for rb, r in cells]
     if all(allowed) or (any(allowed) and not everywhere):
@@ -50,11 +53,12 @@ def audit_verify(
     as_json: JsonOpt = False,
     who: AsOpt = None,
     estate_path: EstateOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Walk the ledger's hash chain: OK, or the first bad entry and its position."""
     from openbell.tasks.ledger import Ledger
 
-    _require_audit(who, everywhere=False, estate_path=estate_path)
+    _require_audit(who, key, everywhere=False, estate_path=estate_path)
     default = get_settings().reports_dir / "ledger-checkpoints.jsonl"
     cps = checkpoint or (default if default.exists() else None)
     with Ledger() as ledger:
@@ -76,11 +80,12 @@ def audit_export(
     end: Annotated[str | None, typer.Option("--to", help="YYYY-MM-DD (UTC), exclusive")] = None,
     who: AsOpt = None,
     estate_path: EstateOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Write the entries of a date range as a bundle that verifies offline."""
     from openbell.tasks.ledger import Ledger, verify_bundle
 
-    _require_audit(who, everywhere=True, estate_path=estate_path)
+    _require_audit(who, key, everywhere=True, estate_path=estate_path)
     start_d, end_d = parse_date(start), parse_date(end)
     with Ledger() as ledger:
         path = ledger.export(output, start_d, end_d)

@@ -12,7 +12,6 @@ Errors, as :func:`friendly` turns them into one red line and an exit code::
 from __future__ import annotations
 
 import functools
-import getpass
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -51,7 +50,20 @@ FromStep = Annotated[
 ]
 AsOpt = Annotated[
     str | None,
-    typer.Option("--as", help="who you are (default: OPENBELL_OPERATOR, else your login)"),
+    typer.Option(
+        "--as",
+        help="who you act as (default: OPENBELL_OPERATOR, else your OS account's person); "
+        "proven by your OS account, your --key, or a service account allowed to act for them",
+    ),
+]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        envvar="OPENBELL_KEY",
+        help="your SSH private key: signs what you do, checked against the entitlements' "
+        "identity.allowed_signers",
+    ),
 ]
 
 
@@ -140,8 +152,53 @@ def check_runbook(runbook: str) -> Runbook:
 
 
 def whoami(given: str | None) -> str:
-    """The identity a command acts as: ``--as``, else OPENBELL_OPERATOR, else the login."""
-    return given or get_settings().operator or getpass.getuser()
+    """The name a read-only command (``plan``) goes by: ``--as``, else OPENBELL_OPERATOR,
+    else the OS account. A claim, not a proof: anything that acts uses :func:`proven`."""
+    from openbell.runbooks.identity import os_account
+
+    return given or get_settings().operator or os_account()[0]
+
+
+def proven(
+    estate: Any,
+    given: str | None,
+    key: Path | None,
+    action: str,
+    runbook: str,
+    region: str,
+    *,
+    run_id: str | None = None,
+    statement: str | None = None,
+) -> Any:
+    """Who runs this command, proven (a :class:`~openbell.runbooks.identity.Proof`).
+
+    ``--as``/``OPENBELL_OPERATOR`` is only a claim: the OS account, ``--key`` or a service
+    account must back it. A claim nothing backs is refused, and the refusal recorded.
+    """
+    from openbell.runbooks.entitlements import entitlements_for
+    from openbell.runbooks.identity import IdentityError, action_statement, os_account, prove
+    from openbell.tasks.ledger import Ledger
+
+    claimed = given or get_settings().operator
+    text = statement or action_statement(
+        action=action, runbook=runbook, region=region.lower(), person=claimed or "(key owner)"
+    )
+    try:
+        return prove(
+            entitlements_for(estate), claimed=claimed, action=action, statement=text, key=key
+        )
+    except IdentityError as exc:
+        account, host, _ = os_account()
+        with Ledger() as ledger:
+            ledger.record_refusal(
+                who=claimed or account,
+                action=action,
+                runbook=runbook,
+                region=region.lower(),
+                reason=f"identity not proven (OS account {account} on {host}): {exc}",
+                run_id=run_id,
+            )
+        raise OpenbellError(f"refused: {exc}") from None
 
 
 def require_entitled(

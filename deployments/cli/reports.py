@@ -14,11 +14,12 @@ from openbell.deployments.cli.common import (
     CliError,
     DateOpt,
     JsonOpt,
+    KeyOpt,
     command,
     out,
     parse_date,
+    proven,
     require_entitled,
-    whoami,
 )
 
 # Top-level commands: the package puts them on the root app.
@@ -37,6 +38,7 @@ def report_cmd(
     ] = None,
     as_json: JsonOpt = False,
     who: AsOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Write a run's report, or a region's daily rollup, from the ledger alone.
 
@@ -52,12 +54,13 @@ def report_cmd(
         raise CliError("--date goes with --region (a run's report needs only its id)")
     from openbell.runbooks.loader import load_estate
 
-    me = whoami(who)
     with Ledger() as ledger:
         if run_id is not None:
             rid, started = _find_run(ledger, run_id)
             estate = load_estate(started.get("estate_source"))
-            require_entitled(estate, me, "report", started["runbook"], started["region"], rid)
+            rb_, region_ = started["runbook"], started["region"]
+            me = proven(estate, who, key, "report", rb_, region_, run_id=rid).person
+            require_entitled(estate, me, "report", rb_, region_, rid)
             paths = write_run_report(ledger, rid, out_dir)
         else:
             assert region is not None
@@ -72,6 +75,7 @@ def report_cmd(
                 )
             day_runs = ledger.find_runs(region=region.lower(), trade_date=trade_date)
             estate = load_estate(None)
+            me = proven(estate, who, key, "report", "*", region).person
             for rb in sorted({str(e.payload["runbook"]) for e in day_runs}):
                 require_entitled(estate, me, "report", rb, region)
             paths = write_rollup(ledger, region, trade_date, out_dir)

@@ -15,12 +15,14 @@ from openbell.deployments.cli.common import (
     EstateOpt,
     FromStep,
     JsonOpt,
+    KeyOpt,
     Region,
     as_text,
     check_runbook,
     command,
     out,
     parse_date,
+    proven,
     require_entitled,
     whoami,
 )
@@ -226,6 +228,7 @@ def run(
     reason: ReasonOpt = None,
     rollback: RollbackOpt = False,
     emergency: EmergencyOpt = False,
+    key: KeyOpt = None,
 ) -> None:
     """Run a runbook as a Prefect flow; exit 0 only when every check passed."""
     from openbell.deployments import runner
@@ -236,7 +239,9 @@ def run(
     trade_date = parse_date(day)
     estate = load_estate(estate_path)
     estate.region(region)
-    operator = whoami(who)
+    # A dry run touches nothing (like a plan): the name it goes by is a claim. A run that
+    # acts must prove who starts it.
+    operator = whoami(who) if dry_run else proven(estate, who, key, "run", rb.key, region).person
     require_entitled(estate, operator, "run", rb.key, region)
     redo_steps(rb, from_step)  # a typo fails now, not after the Prefect server started
     extra = runbook_params(

@@ -17,14 +17,15 @@ from openbell.deployments.cli.common import (
     DateOpt,
     EstateOpt,
     JsonOpt,
+    KeyOpt,
     Region,
     check_runbook,
     command,
     err,
     out,
     parse_date,
+    proven,
     require_entitled,
-    whoami,
 )
 from openbell.settings import get_settings
 
@@ -178,6 +179,7 @@ def catchup(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits")] = 1800,
     as_json: JsonOpt = False,
     who: AsOpt = None,
+    signing_key: KeyOpt = None,
 ) -> None:
     """Run a missed scheduled run on its region's worker; never runs one twice."""
     from openbell.deployments import catchup as cu
@@ -192,7 +194,8 @@ def catchup(
     estate = load_estate(estate_path)
     estate.region(region)
     if not dry_run:
-        require_entitled(estate, whoami(who), "run", key, region)
+        me = proven(estate, who, signing_key, "run", key, region).person
+        require_entitled(estate, me, "run", key, region)
     api_url = ensure_server()
 
     async def go() -> tuple[cu.CatchUp, str | None]:

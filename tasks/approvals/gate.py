@@ -46,6 +46,13 @@ from pydantic import Field
 from openbell.errors import OpenbellError
 from openbell.outcome import utcnow
 from openbell.runbooks.entitlements import Entitlements, entitlements_for
+from openbell.runbooks.identity import (
+    IdentityError,
+    Proof,
+    decision_statement,
+    unproven,
+    verify,
+)
 from openbell.runbooks.loader import estate_version
 from openbell.runbooks.schema import ApprovalPolicy, Estate
 from openbell.secrets import redact
@@ -56,7 +63,7 @@ from openbell.tasks.approvals.rules import (
     binding_hash,
     check_approvals,
 )
-from openbell.tasks.connectors.notify import Delivery
+from openbell.tasks.connectors.notify import Delivery, slack_field
 from openbell.tasks.context import RunContext, in_thread
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,13 @@ class ApprovalInput(RunInput):
     ledger_seq: int | None = Field(
         default=None,
         description="set by `openbell approve`; leave it empty in the UI",
+    )
+    signature: str = Field(
+        default="",
+        description=(
+            "your SSH signature of the decision statement (ssh-keygen -Y sign -n openbell); "
+            "without one this answer is recorded but does not count"
+        ),
     )
 
 
@@ -203,6 +217,7 @@ def decide(
     approver: str,
     decision: Literal["approve", "reject", "override"],
     justification: str = "",
+    proof: Proof | None,
     step: str | None = None,
     via: str = "cli",
     now: datetime | None = None,
@@ -222,6 +237,8 @@ def decide(
         decision: ``approve``, ``reject`` or ``override``.
         justification: why (required to reject or override).
         step: the step, when the run has several requests.
+        proof: how ``approver`` was proven (:func:`openbell.runbooks.identity.prove`);
+            None or an unproven one is recorded and refused.
         via: ``cli``, ``prefect-ui`` or ``slack``.
         now: the time of the decision (default now).
 
@@ -254,6 +271,7 @@ def decide(
         justification=justification,
         binding_hash=req.request.binding_hash,
         decided_at=when,
+        proof=proof,
     )
     entry = ledger.append(
         "approval_decided", run_id, {"decision": made.model_dump(mode="json"), "via": via}
@@ -517,10 +535,41 @@ async def _wake_at(until: datetime) -> None:
             await asyncio.sleep(POLL_S)
 
 
+def ui_proof(
+    ledger: Any, entitlements: Entitlements, run_id: str, step: str, answer: ApprovalInput
+) -> Proof:
+    """What proves an answer typed into Prefect's UI (or posted to its API): only a
+    signature of the decision statement; without one it is unproven, and does not count."""
+    if not answer.signature.strip():
+        return unproven(answer.approver, "prefect-api (no signature)")
+    req = load_request(ledger, run_id, step)
+    statement = decision_statement(
+        run_id=run_id,
+        step=step,
+        binding=req.request.binding_hash,
+        decision=answer.decision,
+        person=answer.approver,
+        reason=answer.justification,
+    )
+    try:
+        person, fingerprint = verify(entitlements, statement, answer.signature)
+    except IdentityError as exc:
+        return unproven(answer.approver, f"prefect-api ({exc})")
+    return Proof(
+        person=person,
+        method="ssh-key",
+        account="prefect-api",
+        key=fingerprint,
+        statement=statement,
+        signature=answer.signature,
+    )
+
+
 async def _record_ui_answer(
     ctx: RunContext, entitlements: Entitlements, step: str, answer: ApprovalInput
 ) -> None:
     try:
+        proof = await in_thread(ctx, ui_proof, ctx.ledger, entitlements, ctx.run_id, step, answer)
         await in_thread(
             ctx,
             decide,
@@ -531,6 +580,7 @@ async def _record_ui_answer(
             approver=answer.approver,
             decision=answer.decision,
             justification=answer.justification,
+            proof=proof,
             step=step,
             via="prefect-ui",
         )
@@ -584,7 +634,24 @@ def _how_to_answer(ctx: RunContext, request: ApprovalRequest) -> str:
     return (
         f"waiting for {request.required_approvers} approval(s) from {request.approver_group} "
         f"until {request.expires_at:%H:%M:%SZ}: openbell approve {ctx.run_id} "
-        f"--step {request.step} --as <you> --reason '...'"
+        f"--step {request.step} --reason '...' (from your own account, or --key YOUR_KEY)"
+    )
+
+
+def approval_text(
+    ctx: RunContext, request: ApprovalRequest, summary: str, changes: list[str]
+) -> str:
+    """The approval request as Slack shows it. Every field is text, not markup: an app
+    named ``x <!channel> <http://evil|click>`` or holding a newline and "approved by alice"
+    pings nobody, hides no link and forges no line (:func:`slack_field`)."""
+    f = slack_field
+    shown = changes[:20] + ([f"... and {len(changes) - 20} more"] if len(changes) > 20 else [])
+    return (
+        f"Approval needed: {f(ctx.runbook)} {f(ctx.region.upper())} {f(ctx.trade_date)}, step "
+        f"{f(request.step)}, requested by {f(request.requester)}.\n{f(summary)}\n"
+        + "\n".join(f"- {f(c)}" for c in shown)
+        + f"\nBinding {request.binding_hash[:12]}; expires {request.expires_at:%Y-%m-%d %H:%M:%SZ}."
+        f"\n{f(_how_to_answer(ctx, request))}"
     )
 
 
@@ -593,14 +660,7 @@ async def _announce(
 ) -> None:
     """Tell the region's channel what waits for whom; a failure is recorded, not raised."""
     channel = ctx.estate.region(ctx.region).slack_channel
-    shown = changes[:20] + ([f"... and {len(changes) - 20} more"] if len(changes) > 20 else [])
-    text = redact(
-        f"Approval needed: {ctx.runbook} {ctx.region.upper()} {ctx.trade_date}, step "
-        f"{request.step}, requested by {request.requester}.\n{summary}\n"
-        + "\n".join(f"- {c}" for c in shown)
-        + f"\nBinding {request.binding_hash[:12]}; expires {request.expires_at:%Y-%m-%d %H:%M:%SZ}."
-        f"\n{_how_to_answer(ctx, request)}"
-    )
+    text = approval_text(ctx, request, summary, changes)
     try:
         ref = await in_thread(ctx, ctx.notifier.post, channel, text)
         delivery = Delivery(

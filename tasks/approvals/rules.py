@@ -44,6 +44,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_vali
 from openbell import catalog
 from openbell.errors import ApprovalRuleError, UnknownNameError
 from openbell.runbooks.entitlements import Entitlements, identity_index
+from openbell.runbooks.identity import Proof
 from openbell.runbooks.schema import Estate, Model
 
 #: How long a request stays open unless the caller says otherwise.
@@ -181,6 +182,9 @@ class ApprovalDecision(Model):
         justification: why; required for ``reject`` and ``override``.
         binding_hash: the binding the approver was shown.
         decided_at: when (timezone-aware).
+        proof: how the approver's identity was proven; a decision without a proof that
+            may carry a decision (their own OS account, their key, a signed Slack request)
+            does not count.
     """
 
     run_id: str
@@ -190,6 +194,7 @@ class ApprovalDecision(Model):
     justification: str = ""
     binding_hash: Sha256
     decided_at: AwareDatetime
+    proof: Proof | None = None
 
 
 class ApprovalVerdict(Model):
@@ -369,6 +374,14 @@ def _problems(
         out.append(
             f"answers run {d.run_id} step {d.step}, not run {request.run_id} step {request.step}"
         )
+    if d.proof is None or not d.proof.counts_for_decision:
+        how = "no proof at all" if d.proof is None else d.proof.describe()
+        out.append(
+            f"not a proven identity ({how}): a decision counts only from the approver's own "
+            "OS account, their key (--key) or a signed Slack request"
+        )
+    elif person is not None and entitlements.person_of(d.proof.person) != person:
+        out.append(f"proven to be {d.proof.person}, not {d.approver}")
     if person is None:
         out.append(f"{d.approver!r} is not a person or identity in the estate")
     else:

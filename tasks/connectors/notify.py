@@ -521,6 +521,13 @@ def _esc(text: str) -> str:
     return redact(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def slack_field(value: object) -> str:
+    """A value a person or the estate supplied, as one line of plain Slack text: redacted,
+    ``& < >`` escaped (no ``<!channel>``, no hidden ``<url|label>`` link), newlines and
+    other whitespace folded to spaces (no forged line)."""
+    return _esc(_one_line(str(value)))
+
+
 def _unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
