@@ -37,7 +37,18 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(
         default=None, description="ledger database URL (default: SQLite under home)"
     )
-    operator: str | None = Field(default=None, description="Who runs the CLI (else $USER).")
+    operator: str | None = Field(
+        default=None, description="Who the CLI claims to act as (a claim: --key proves it)."
+    )
+    checkpoint_key: str | None = Field(
+        default=None,
+        description="the NAME of the secret (environment variable or Prefect Secret block) "
+        "that signs ledger checkpoints; never the key itself, never a file in the home",
+    )
+    checkpoint_copy: Path | None = Field(
+        default=None,
+        description="a directory outside the home where every checkpoint is also appended",
+    )
     rehearsal_at: datetime | None = Field(
         default=None,
         description="A lab estate's clock for release windows (ISO time, with its zone); "
@@ -54,6 +65,15 @@ class Settings(BaseSettings):
     def model_post_init(self, __context: object) -> None:
         object.__setattr__(self, "home", self.home.expanduser().resolve())
         object.__setattr__(self, "estate", self.estate.expanduser())
+        if self.checkpoint_copy is not None:
+            copy = self.checkpoint_copy.expanduser().resolve()
+            if copy == self.home or self.home in copy.parents:
+                raise ValueError(
+                    f"OPENBELL_CHECKPOINT_COPY={copy} is inside OPENBELL_HOME={self.home}: a "
+                    "copy the ledger's writers can rewrite protects nothing; name a place "
+                    "outside it"
+                )
+            object.__setattr__(self, "checkpoint_copy", copy)
 
     @property
     def reports_dir(self) -> Path:

@@ -211,6 +211,10 @@ class VerifyResult:
         detail: one sentence on what was found.
         head_seq: the last verified entry's seq (0 for an empty ledger).
         head_hash: the last verified entry's hash (the genesis hash for an empty ledger).
+        signed_seq: with a checkpoint key, the last entry a signed checkpoint vouches for
+            (0 when none does); None without a key.
+        unverified: with a checkpoint key, the entries after ``signed_seq``: intact as a
+            chain, but anyone who can write the ledger could have appended them.
     """
 
     ok: bool
@@ -220,6 +224,8 @@ class VerifyResult:
     detail: str = ""
     head_seq: int = 0
     head_hash: str = GENESIS
+    signed_seq: int | None = None
+    unverified: int = 0
 
     def describe(self) -> str:
         """One line for a person.
@@ -235,7 +241,17 @@ class VerifyResult:
             if self.count == 0:
                 return "OK: 0 entries (empty ledger)"
             noun = "entry" if self.count == 1 else "entries"
-            return f"OK: {self.count:,} {noun}, head {self.head_hash[:12]}…"
+            said = f"OK: {self.count:,} {noun}, head {self.head_hash[:12]}…"
+            if self.signed_seq is None:
+                return said
+            if self.signed_seq == 0:
+                return f"{said}; no signed checkpoint: all {self.unverified:,} unverified"
+            after = (
+                f"; {self.unverified:,} after it unverified (not yet signed)"
+                if self.unverified
+                else ""
+            )
+            return f"{said}; signed checkpoint at entry {self.signed_seq:,}{after}"
         where = f"{self.first_bad_seq:,}" if self.first_bad_seq is not None else "?"
         return f"BROKEN at entry {where}: {self.problem} ({self.detail})"
 
@@ -377,6 +393,48 @@ def _classify(
         )
     first = "the genesis hash" if anchor_hash == GENESIS else "the anchor hash"
     return "altered", p, f"its prev_hash is not {first}"
+
+
+def checkpoint_mac(key: bytes, checkpoint: Mapping[str, Any]) -> str:
+    """The signature of a checkpoint: HMAC-SHA256 over its canonical JSON without ``mac``."""
+    import hmac
+
+    body = {k: v for k, v in checkpoint.items() if k != "mac"}
+    return "hmac-sha256:" + hmac.new(key, canonical_json(body).encode(), "sha256").hexdigest()
+
+
+def check_signed(
+    result: VerifyResult, checkpoints: Iterable[Mapping[str, Any]], key: bytes
+) -> tuple[VerifyResult, list[Mapping[str, Any]]]:
+    """Keep the checkpoints ``key`` signed; a checkpoint with a bad signature breaks.
+
+    Unsigned checkpoints (written before there was a key) are left out: they vouch for
+    nothing a writer of the reports folder could not have written.
+
+    Returns:
+        (``result``, or a failure at a forged checkpoint; the signed checkpoints).
+    """
+    import hmac
+
+    signed: list[Mapping[str, Any]] = []
+    for cp in checkpoints:
+        mac = cp.get("mac")
+        if mac is None:
+            continue
+        if not hmac.compare_digest(str(mac), checkpoint_mac(key, cp)):
+            bad = dataclasses.replace(
+                result,
+                ok=False,
+                first_bad_seq=int(cp["seq"]),
+                problem="altered",
+                detail=(
+                    f"the checkpoint of {cp.get('time', '?')} at entry {int(cp['seq']):,} "
+                    "has a bad signature: it was forged or edited"
+                ),
+            )
+            return bad, signed
+        signed.append(cp)
+    return result, signed
 
 
 def check_checkpoints(

@@ -16,6 +16,7 @@ same head cannot be inserted at all. Updates and deletes are refused by triggers
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -48,6 +49,8 @@ from openbell.tasks.ledger.chain import (
     VerifyResult,
     canonical_json,
     check_checkpoints,
+    check_signed,
+    checkpoint_mac,
     entry_hash,
     format_ts,
     to_json_value,
@@ -413,6 +416,10 @@ class Ledger(RunJournal):
             'BROKEN at entry 4,512: altered (its content does not match its hash)'
         """
         checkpoints = _load_checkpoints(checkpoint) if checkpoint is not None else []
+        key = checkpoint_key()
+        copy = get_settings().checkpoint_copy
+        if key is not None and copy is not None and (copy / CHECKPOINTS_FILE).exists():
+            checkpoints += _load_checkpoints(copy / CHECKPOINTS_FILE)
         with self._read() as conn:
             result_rows = conn.execution_options(yield_per=5000).execute(
                 select(*COLUMNS).order_by(T.c.seq)
@@ -426,7 +433,15 @@ class Ledger(RunJournal):
                 def hash_at(seq: int) -> str | None:
                     return conn.scalar(select(T.c.hash).where(T.c.seq == seq))
 
+                if key is not None:
+                    result, checkpoints = check_signed(result, checkpoints, key)
                 result = check_checkpoints(result, checkpoints, hash_at)
+            if key is not None and result.ok:
+                signed = max((int(c["seq"]) for c in checkpoints), default=0)
+                signed = min(signed, result.head_seq)
+                result = dataclasses.replace(
+                    result, signed_seq=signed, unverified=result.head_seq - signed
+                )
         log.info("ledger %s verify: %s", self, result.describe())
         return result
 
@@ -505,6 +520,9 @@ class Ledger(RunJournal):
             "time": format_ts(utcnow()),
             "ledger": str(self),
         }
+        key = checkpoint_key()
+        if key is not None:  # signed with a key the ledger's writers do not hold
+            data["mac"] = checkpoint_mac(key, data)
         target = Path(path) if path is not None else get_settings().reports_dir / "ledger-head.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
@@ -514,10 +532,13 @@ class Ledger(RunJournal):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-        with (target.parent / "ledger-checkpoints.jsonl").open("a", encoding="utf-8") as f:
-            f.write(canonical_json(data) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        copy = get_settings().checkpoint_copy
+        for folder in [target.parent] + ([copy] if copy is not None else []):
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / CHECKPOINTS_FILE).open("a", encoding="utf-8") as f:
+                f.write(canonical_json(data) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         log.info("ledger %s: checkpoint at entry %d (%s…) in %s", self, seq, h[:12], target)
         return data
 
@@ -591,6 +612,27 @@ class Ledger(RunJournal):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
         return file_acquire, file_release, f.close
+
+
+#: The file every checkpoint is appended to, beside the reports and in the copy.
+CHECKPOINTS_FILE = "ledger-checkpoints.jsonl"
+
+
+def checkpoint_key() -> bytes | None:
+    """The key that signs checkpoints: the secret ``OPENBELL_CHECKPOINT_KEY`` names, or None.
+
+    Raises:
+        LedgerError: a key is named but cannot be resolved.
+    """
+    name = get_settings().checkpoint_key
+    if not name:
+        return None
+    from openbell.secrets import SecretNotFoundError, resolve
+
+    try:
+        return resolve(name).get_secret_value().encode()
+    except SecretNotFoundError as exc:
+        raise LedgerError(f"OPENBELL_CHECKPOINT_KEY={name}: {exc}") from None
 
 
 def _load_checkpoints(
