@@ -534,3 +534,24 @@ def test_an_escape_in_an_estate_name_never_reaches_the_terminal(tmp_path: Path) 
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "\x1b" not in line and "letters, digits" in line
+
+
+@pytest.mark.parametrize("which", ["estate", "entitlements"])
+def test_a_run_on_rules_others_could_rewrite_is_refused(tmp_path: Path, which: str) -> None:
+    """The issue's "bring your own estate", at its simplest: a group-writable file."""
+    from openbell.tasks.ledger import Ledger
+
+    estate = tmp_path / "lab.yaml"
+    shutil.copy(LAB, estate)
+    shutil.copy(LAB.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
+    shared = estate if which == "estate" else tmp_path / "entitlements.yaml"
+    shared.chmod(0o664)
+    result = invoke("run", "sod", "--region", "emea", "--estate", str(estate), *as_("carol"))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert f"{which} {shared} is writable by its group or by everyone" in line, line
+    with Ledger() as ledger:
+        refusal = ledger.entries(kinds=["refusal"])[-1].payload
+    assert (refusal["who"], refusal["action"], refusal["region"]) == ("carol", "run", "emea")
+    plan = invoke("plan", "sod", "--region", "emea", "--estate", str(estate), "--as", "carol")
+    assert plan.exit_code == 0, plan.stderr  # a plan reads any file

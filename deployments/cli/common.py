@@ -12,6 +12,7 @@ Errors, as :func:`friendly` turns them into one red line and an exit code::
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -199,6 +200,47 @@ def proven(
                 run_id=run_id,
             )
         raise OpenbellError(f"refused: {exc}") from None
+
+
+def require_trusted_files(estate: Any, who: str, action: str, runbook: str, region: str) -> None:
+    """Refuse (and record) a run on rules someone else could have rewritten.
+
+    The estate and its entitlements hold the rules a run obeys (who approves, what needs
+    approval): a file others can write (group- or world-writable) or that belongs to an
+    account other than yours or root's is refused for a run. Plans, dry runs and
+    ``validate`` read any file.
+    """
+    import stat
+
+    from openbell.tasks.ledger import Ledger
+
+    problems = []
+    for kind, path in (("estate", estate.source), ("entitlements", estate.entitlements)):
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            problems.append(f"{kind} {path}: {exc.strerror}")
+            continue
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problems.append(
+                f"{kind} {path} is writable by its group or by everyone (mode "
+                f"{stat.filemode(st.st_mode)}): chmod go-w it"
+            )
+        if st.st_uid not in (0, os.geteuid()):
+            problems.append(
+                f"{kind} {path} belongs to uid {st.st_uid}, neither you nor root: whoever "
+                "owns it could rewrite the rules this run obeys"
+            )
+    if not problems:
+        return
+    reason = "; ".join(problems)
+    with Ledger() as ledger:
+        ledger.record_refusal(
+            who=who, action=action, runbook=runbook, region=region.lower(), reason=reason
+        )
+    raise OpenbellError(f"refused: {reason}")
 
 
 def require_entitled(

@@ -24,6 +24,7 @@ from openbell.deployments.cli.common import (
     parse_date,
     proven,
     require_entitled,
+    require_trusted_files,
     whoami,
 )
 
@@ -243,6 +244,8 @@ def run(
     # acts must prove who starts it.
     operator = whoami(who) if dry_run else proven(estate, who, key, "run", rb.key, region).person
     require_entitled(estate, operator, "run", rb.key, region)
+    if not dry_run:
+        require_trusted_files(estate, operator, "run", rb.key, region)
     redo_steps(rb, from_step)  # a typo fails now, not after the Prefect server started
     extra = runbook_params(
         rb,

@@ -26,6 +26,7 @@ from openbell.deployments.cli.common import (
     parse_date,
     proven,
     require_entitled,
+    require_trusted_files,
 )
 from openbell.settings import get_settings
 
@@ -196,6 +197,7 @@ def catchup(
     if not dry_run:
         me = proven(estate, who, signing_key, "run", key, region).person
         require_entitled(estate, me, "run", key, region)
+        require_trusted_files(estate, me, "run", key, region)
     api_url = ensure_server()
 
     async def go() -> tuple[cu.CatchUp, str | None]:
