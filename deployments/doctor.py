@@ -39,6 +39,7 @@ from openbell.deployments.schedules import (
     scheduled_runbooks,
     sessions_between,
 )
+from openbell.errors import OpenbellError
 from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors.calendar import get_calendar
 
@@ -71,6 +72,36 @@ class Check:
             "level": self.level,
             "detail": self.detail,
         }
+
+
+def database_checks(estate: Estate) -> list[Check]:
+    """Whether each database's checks run as a role that can only read.
+
+    Every check runs read-only whatever the role, but a superuser or a role that may
+    write is one mistake (or one lexer gap) from harm: a warning, with what it can do.
+    """
+    from openbell import secrets
+    from openbell.tasks.connectors import sql
+
+    out: list[Check] = []
+    for name, db in estate.databases.items():
+        if not db.checks and db.oms is None:
+            continue
+        try:
+            url = db.url if db.url is not None else secrets.resolve(db.url_secret or "")
+            runner = sql.SqlRunner(name, url, timeout_s=db.timeout_s)
+            try:
+                found = runner.privileges()
+            finally:
+                runner.close()
+        except OpenbellError as exc:
+            out.append(Check("database", name, "warn", f"could not check its role: {exc}"))
+            continue
+        if found:
+            out.append(Check("database", name, "warn", "; ".join(found)))
+        else:
+            out.append(Check("database", name, "ok", "its checks' role can only read"))
+    return out
 
 
 def calendar_checks(

@@ -415,3 +415,34 @@ def test_secret_url_is_registered_for_redaction(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/from-a-secret.db"
     SqlRunner("db", SecretStr(url), timeout_s=1)
     assert redact(f"connect to {url} failed") == "connect to *** failed"
+
+
+@pytest.mark.integration
+def test_pg_a_role_that_could_write_is_named(
+    pg: SqlRunner, pg_url: str, pg_schema: str, pg_execute: Callable[[str], None]
+) -> None:
+    """doctor warns about the checks' role: a superuser, a writer; a SELECT-only role is ok."""
+    found = pg.privileges()  # the test connects as postgres: a superuser that may write
+    assert any("postgres is a superuser" in f for f in found), found
+    assert any("postgres may write" in f for f in found), found
+    role = f"ro_{pg_schema[-12:]}"
+    pg_execute(f"""
+        CREATE ROLE {role} LOGIN;
+        GRANT USAGE ON SCHEMA "{pg_schema}" TO {role};
+        GRANT SELECT ON ALL TABLES IN SCHEMA "{pg_schema}" TO {role};
+    """)
+    try:
+        reader = SqlRunner("amer-oms", pg_url.replace("postgres@", f"{role}@", 1), timeout_s=5)
+        try:
+            assert reader.privileges() == []
+            assert pg_count(reader) == 3  # and it still reads
+        finally:
+            reader.close()
+    finally:
+        pg_execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{pg_schema}" FROM {role}')
+        pg_execute(f'REVOKE ALL ON SCHEMA "{pg_schema}" FROM {role}')
+        pg_execute(f"DROP ROLE {role}")
+
+
+def test_sqlite_is_read_only_whatever_the_file(lite: SqlRunner) -> None:
+    assert lite.privileges() == []

@@ -115,7 +115,8 @@ def doctor(
     ] = 3,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check calendars, DST ahead, pools, workers, deployments, the horizon and missed runs."""
+    """Check calendars, DST ahead, database roles, pools, workers, deployments, the horizon
+    and missed runs."""
     from openbell.deployments import doctor as doc
     from openbell.deployments.calendar_view import doctor_table
     from openbell.deployments.deploy import run_sync
@@ -126,6 +127,7 @@ def doctor(
     now = doc.utcnow()
     api_url = os.environ.get("PREFECT_API_URL") or local_url(get_settings())
     checks = doc.calendar_checks(estate, now, horizon_days)
+    checks += doc.database_checks(estate)
     checks += run_sync(
         lambda: doc.prefect_checks(
             estate, api_url, now, horizon_days=horizon_days, lookback_days=lookback_days

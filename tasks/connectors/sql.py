@@ -365,6 +365,30 @@ class SqlRunner:
             rows = rows[:max_rows]
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def privileges(self) -> list[str]:
+        """What the checks' database user could do beyond reading, one sentence each
+        (empty when it can only read). Every statement still runs read-only; this says
+        whether the role is the read-only one the README documents.
+
+        SQLite is opened read-only (``mode=ro``): nothing to say. PostgreSQL: a superuser
+        (``pg_read_file``, ``COPY ... TO PROGRAM``), or any table it may write.
+
+        Raises the same errors as ``scalar``.
+        """
+        if self.dialect != "postgresql":
+            return []
+        row = self.rows(_PRIVILEGES, check="privileges")[0]
+        found = []
+        if row["superuser"]:
+            found.append(f"{row['who']} is a superuser: it can read files and run programs")
+        if row["writable"]:
+            some = ", ".join(str(t) for t in (row["sample"] or []))
+            found.append(
+                f"{row['who']} may write {row['writable']} table(s) (e.g. {some}); a role "
+                "with SELECT only is the documented way"
+            )
+        return found
+
     @contextmanager
     def read_only_connection(self) -> Iterator[Connection]:
         """A connection inside a read-only transaction, rolled back when done.
@@ -432,6 +456,20 @@ class SqlRunner:
         if code in ("25006", "SQLITE_READONLY"):
             return ReadOnlyViolationError(self.name, action, f"refused by the database: {message}")
         return SqlError(self.name, action, message)
+
+
+#: What the current PostgreSQL role could do beyond reading.
+_PRIVILEGES = """
+SELECT current_user AS who,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+       count(*) AS writable,
+       (array_agg(n.nspname || '.' || c.relname ORDER BY n.nspname, c.relname))[1:3] AS sample
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+  AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+"""
 
 
 def run_check(runner: SqlRunner, check: SqlCheck, params: Mapping[str, Any]) -> CheckResult:
