@@ -105,3 +105,22 @@ def test_doctor_after_deploy_is_clean(deployed: Deployed, monkeypatch: pytest.Mo
         for c in checks
         if c["area"] in ("horizon", "deployment", "prefect") and c["level"] == "fail"
     ]
+
+
+def test_database_roles_are_checked_per_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from openbell.deployments.doctor import database_checks
+
+    estate = load_estate(LAB)
+    checks = database_checks(estate)
+    assert {c.subject for c in checks} == {n for n, d in estate.databases.items() if d.checks}
+    assert all(c.area == "database" and c.level == "ok" for c in checks), checks  # SQLite: mode=ro
+    broken = LAB.read_text().replace(
+        "url: sqlite:///${OPENBELL_HOME}/lab/oms-emea.db",
+        "url: postgresql://nobody@127.0.0.1:1/none",
+        1,
+    )
+    (tmp_path / "entitlements.yaml").write_text((LAB.parent / "entitlements.yaml").read_text())
+    (tmp_path / "lab.yaml").write_text(broken)
+    by_name = {c.subject: c for c in database_checks(load_estate(tmp_path / "lab.yaml"))}
+    assert by_name["emea-oms"].level == "warn"
+    assert "could not check its role" in by_name["emea-oms"].detail
