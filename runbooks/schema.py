@@ -165,7 +165,14 @@ def _host_path(value: str) -> str:
         raise ValueError(f"{value!r} goes through '..'; name the directory itself")
     if value.startswith("-"):
         raise ValueError(f"{value!r} starts with '-' (it would read as an option)")
-    return value.rstrip("/") or "/"
+    path = value.rstrip("/") or "/"
+    if path in _OPERATORS:  # "!/" too: the trailing slash goes
+        raise ValueError(f"{value!r} is an operator to find and test, not a path")
+    return path
+
+
+#: Arguments ``find`` and ``test`` read as operators wherever they stand.
+_OPERATORS = frozenset({"!", "(", ")", ","})
 
 
 def _batch(value: Any) -> Any:
