@@ -424,7 +424,9 @@ def _entitlements(regions: Sequence[str]) -> dict[str, Any]:
                 "why": f"{r} approvers approve, cancel and audit in {r}",
             },
         ]
-    return {"version": 1, "rules": rules}
+    # People prove who they are with the keys the lab writes for them (openbell lab up).
+    identity = {"allowed_signers": f"{HOME}/lab/allowed_signers"}
+    return {"version": 1, "identity": identity, "rules": rules}
 
 
 def main(argv: list[str] | None = None) -> int:

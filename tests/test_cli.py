@@ -188,7 +188,7 @@ def test_who_may_not_is_refused_in_one_line_and_the_refusal_is_in_the_ledger() -
     assert {"who": "erin", "action": "run", "runbook": "sod", "region": "amer"}.items() <= (
         refusals[-1].items()
     )
-    assert refusals[-1]["rule"].endswith("entitlements.yaml:64")
+    assert refusals[-1]["rule"].endswith("entitlements.yaml:75")
     assert any(r["who"] == "mallory" and r["action"] == "plan" for r in refusals)
 
 

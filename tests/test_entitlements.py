@@ -416,7 +416,7 @@ def test_duplicate_key_is_refused(tmp_path: Path, estate: Estate) -> None:
         load_entitlements(p, estate)
     err = exc.value
     assert err.key_path == "groups.apac-oncall"
-    assert "duplicate key 'apac-oncall' (first at line 14)" in str(err)
+    assert "duplicate key 'apac-oncall' (first at line 25)" in str(err)
     assert line_at(p, err.line) == "apac-oncall: {members: [erin]}"
 
 
