@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from openbell.outcome import Status
+from openbell.runbooks.identity import Proof
 from openbell.tasks.approvals.rules import ApprovalDecision, ApprovalRequest
 from openbell.tasks.ledger import Ledger
 from tests.fixtures.report_sample import DAY, at, record_sample_run, record_simple_run
@@ -125,6 +126,7 @@ def _decision(run_id: str, who: str, verb: str, binding: str, when: float) -> di
         justification="because" if verb != "approve" else "",
         binding_hash=binding,
         decided_at=at(when),
+        proof=Proof(person=who, method="os-account", account=who),
     )
     return {"decision": d.model_dump(mode="json"), "via": "cli"}
 
