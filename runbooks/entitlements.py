@@ -48,7 +48,16 @@ from openbell.runbooks.yamlio import read_yaml
 log = logging.getLogger(__name__)
 
 #: What a rule can allow or deny.
-ACTIONS: tuple[str, ...] = ("plan", "run", "approve", "cancel", "audit", "report")
+ACTIONS: tuple[str, ...] = (
+    "plan",
+    "run",
+    "approve",
+    "cancel",
+    "audit",
+    "report",
+    "deploy",
+    "run-unpinned",
+)
 #: Every person, runbook or region.
 ANY = "*"
 #: How a rule names a group among its subjects: ``group:emea-approvers``.
@@ -427,12 +436,16 @@ def entitlements_for(estate: Estate) -> Entitlements:
     return load_entitlements(estate.entitlements, estate)
 
 
-def load_entitlements(path: str | Path, estate: Estate) -> Entitlements:
+def load_entitlements(
+    path: str | Path, estate: Estate, *, shown: str | None = None
+) -> Entitlements:
     """Read and validate an entitlements file against an estate.
 
     Args:
         path: the YAML file, e.g. :data:`LAB_ENTITLEMENTS`.
         estate: the estate whose people, groups and regions the rules name.
+        shown: the name rules and errors give the file (default ``path``): a pinned
+            copy is read from a temporary file but named as the file it was pinned from.
 
     Raises:
         EstateError: with ``file``, ``line`` and ``key_path`` set where they are known;
@@ -444,7 +457,7 @@ def load_entitlements(path: str | Path, estate: Estate) -> Entitlements:
         True
     """
     file = Path(path)
-    shown = str(file)
+    shown = shown or str(file)
     doc = read_yaml(file)
     root, data = doc.root, doc.data
     if not isinstance(data, dict):

@@ -22,11 +22,15 @@ from openbell.settings import get_settings
 _VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
-def load_estate(path: str | Path | None = None) -> Estate:
+def load_estate(
+    path: str | Path | None = None, *, entitlements: str | Path | None = None
+) -> Estate:
     """Read, expand and validate an estate file.
 
     Args:
         path: the YAML file; defaults to ``OPENBELL_ESTATE`` or ``runbooks/lab.yaml``.
+        entitlements: read the entitlements from this file instead of the one the estate
+            names (a pinned copy, deployments/pin.py).
 
     Raises:
         EstateError: with ``file``, ``line`` and ``key_path`` set where they are known.
@@ -49,6 +53,8 @@ def load_estate(path: str | Path | None = None) -> Estate:
     rules = data.get("entitlements")
     if isinstance(rules, str) and not Path(rules).is_absolute():
         data["entitlements"] = str(file.resolve().parent / rules)
+    if entitlements is not None:
+        data["entitlements"] = str(Path(entitlements).resolve())
     try:
         return Estate.model_validate(data)
     except ValidationError as exc:

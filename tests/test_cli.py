@@ -17,7 +17,7 @@ from openbell.deployments.cli import app
 from openbell.lab.faults import FaultBook
 from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors import calendar
-from tests.fixtures.people import as_
+from tests.fixtures.people import as_, key_of
 
 LAB = Path(__file__).resolve().parent.parent / "runbooks" / "lab.yaml"
 runner = CliRunner()
@@ -525,6 +525,29 @@ def test_validate_checks_the_entitlements_a_run_would_read(tmp_path: Path) -> No
     shutil.copy(LAB.parent / "entitlements.yaml", tmp_path / "entitlements.yaml")
     ok = invoke("validate", str(estate))
     assert ok.exit_code == 0 and "rules" in ok.stdout
+
+
+def test_validate_warns_when_the_allowed_signers_file_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every --key would be refused without it: validate says so (exit 0: an OS account
+    that is a person of the estate still proves who it is)."""
+    from openbell.settings import get_settings
+
+    monkeypatch.setenv("OPENBELL_HOME", str(tmp_path / "fresh-home"))
+    get_settings.cache_clear()
+    try:
+        result = invoke("validate", str(LAB))
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    warning = result.stderr.strip()
+    assert warning.startswith("warning: identity.allowed_signers: "), warning
+    assert str(tmp_path / "fresh-home" / "lab" / "allowed_signers") in warning
+    assert "--key is refused until it exists" in warning
+    key_of("bob")  # writes the session home's allowed_signers
+    assert "warning" not in invoke("validate", str(LAB)).stderr
 
 
 def test_an_escape_in_an_estate_name_never_reaches_the_terminal(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from openbell.deployments.deploy import (
 )
 from openbell.deployments.schedules import runs_between
 from openbell.runbooks.loader import load_estate
+from tests.fixtures.people import as_
 from tests.fixtures.prefect import LAB, Deployed
 
 pytestmark = pytest.mark.integration
@@ -100,6 +101,9 @@ def test_a_second_deploy_changes_nothing(
     deployed: Deployed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PREFECT_API_URL", deployed.api_url)
+    # openbell deploy pins the estate in the ledger: a ledger of its own, so the pin does
+    # not bind the other tests' runs (test_pin.py tests pinning).
+    monkeypatch.setenv("OPENBELL_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
     path = tmp_path / "prefect.yaml"
     path.write_text(deployed.prefect_yaml.read_text())
     estate = str(deployed.estate.source)
@@ -111,7 +115,7 @@ def test_a_second_deploy_changes_nothing(
 
     before = datetime.now(UTC)
     result = CliRunner().invoke(
-        app, ["deploy", "--estate", estate, "--prefect-yaml", str(path), "--json"]
+        app, ["deploy", "--estate", estate, "--prefect-yaml", str(path), "--json", *as_("carol")]
     )
     after = datetime.now(UTC)
     assert result.exit_code == 0, result.output
@@ -123,11 +127,14 @@ def test_a_second_deploy_changes_nothing(
     created = {c["name"] for c in changed}
     assert entered(deployed.at, before) <= created <= entered(deployed.at, after), changed
     assert body["changed"] == len(changed)
+    assert sorted(p["region"] for p in body["pins"]) == ["amer", "apac", "emea"]
     assert {c["kind"] for c in body["changes"] if c["action"] == "unchanged"} >= {
         "work pool", "deployment", "run", "file",
     }  # fmt: skip
 
-    human = CliRunner().invoke(app, ["deploy", "--estate", estate, "--prefect-yaml", str(path)])
+    human = CliRunner().invoke(
+        app, ["deploy", "--estate", estate, "--prefect-yaml", str(path), *as_("carol")]
+    )
     assert human.exit_code == 0
     if not entered(after, datetime.now(UTC)):  # no run reached the horizon in between
         assert "0 changes; unchanged: 12 deployments, 1 file" in human.stdout, human.stdout

@@ -123,7 +123,7 @@ def test_matrix_agrees_with_the_documented_semantics(ents: Entitlements) -> None
     cells = list(
         itertools.product(estate_raw["people"], ACTIONS, catalog.names(), estate_raw["regions"])
     )
-    assert len(cells) == 6 * 6 * len(catalog.names()) * 3
+    assert len(cells) == 6 * len(ACTIONS) * len(catalog.names()) * 3
     allowed = deny_won = 0
     for cell in cells:
         want, index, allow_matched = expected_rule(raw, groups, cell)
@@ -160,6 +160,9 @@ def test_matrix_agrees_with_the_documented_semantics(ents: Entitlements) -> None
         ("alice", "audit", "sod", "apac", False),
         ("carol", "audit", "sod", "amer", True),
         ("frank", "report", "sod", "apac", True),
+        ("carol", "deploy", "sod", "emea", True),  # desk leads deploy (pin the estate)
+        ("bob", "deploy", "sod", "emea", False),
+        ("carol", "run-unpinned", "sod", "emea", False),  # no one in the lab
     ],
 )
 def test_hand_picked_cells(
@@ -205,8 +208,8 @@ def test_require_raises_with_the_reason(ents: Entitlements) -> None:
 
 
 def test_unknown_question_lists_valid_names(ents: Entitlements) -> None:
-    with pytest.raises(UnknownNameError, match="valid actions: approve, audit, cancel, plan"):
-        ents.decide("bob", "deploy", "sod", "emea")
+    with pytest.raises(UnknownNameError, match="valid actions: approve, audit, cancel, deploy"):
+        ents.decide("bob", "launch", "sod", "emea")
     with pytest.raises(UnknownNameError, match="valid runbooks: eod, release, sod"):
         ents.decide("bob", "run", "*", "emea")
     with pytest.raises(UnknownNameError, match="valid regions: amer, apac, emea"):
@@ -291,10 +294,11 @@ def test_minimal_file_with_its_own_group(tmp_path: Path, estate: Estate) -> None
         ),
         (
             "  - deny: [run]\n",
-            "  - deny: [run, deploy]\n",
+            "  - deny: [run, launch]\n",
             "rules[8].deny[1]",
-            "unknown action 'deploy'; valid actions: approve, audit, cancel, plan, report, run",
-            "- deny: [run, deploy]",
+            "unknown action 'launch'; valid actions: approve, audit, cancel, deploy, plan, "
+            "report, run, run-unpinned",
+            "- deny: [run, launch]",
         ),
         (
             "    runbooks: [sod, eod]\n    regions: [apac]\n",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.people import as_
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -112,7 +114,7 @@ def test_an_installed_openbell_writes_nothing_inside_its_package(
             "OPENBELL_HOME": str(home),
         }
         for argv in (
-            ["deploy", "--horizon-days", "1"],
+            ["deploy", "--horizon-days", "1", *as_("carol", home)],
             ["run", "sod", "--region", "emea", "--date", "2026-11-24", "--dry-run", "--as",
              "carol"],
         ):  # fmt: skip

@@ -184,10 +184,12 @@ def proven(
     text = statement or action_statement(
         action=action, runbook=runbook, region=region.lower(), person=claimed or "(key owner)"
     )
+    # The rules in force prove who acts: when the files differ from the region's pin,
+    # the pinned entitlements (their allowed signers, their service accounts), never
+    # the ones the operator brought along.
+    rules = rules_in_force(estate, region)[0] if region != "*" else entitlements_for(estate)
     try:
-        return prove(
-            entitlements_for(estate), claimed=claimed, action=action, statement=text, key=key
-        )
+        return prove(rules, claimed=claimed, action=action, statement=text, key=key)
     except IdentityError as exc:
         account, host, _ = os_account()
         with Ledger() as ledger:
@@ -200,6 +202,80 @@ def proven(
                 run_id=run_id,
             )
         raise OpenbellError(f"refused: {exc}") from None
+
+
+def rules_in_force(estate: Any, region: str) -> tuple[Any, Any, list[str]]:
+    """(entitlements, pin, differences) for acting in ``region``.
+
+    The estate's own entitlements when the region was never deployed or its files are the
+    pinned ones; otherwise the pinned entitlements (deployments/pin.py), with the ways the
+    files differ from the pin.
+    """
+    from openbell.deployments.pin import latest_pin, pinned_entitlements
+    from openbell.runbooks.entitlements import entitlements_for
+    from openbell.tasks.ledger import Ledger
+
+    with Ledger() as ledger:
+        pin = latest_pin(ledger, region)
+    if pin is None:
+        return entitlements_for(estate), None, []
+    differences = pin.differences(estate)
+    if not differences:
+        return entitlements_for(estate), pin, []
+    return pinned_entitlements(pin), pin, differences
+
+
+def require_pinned_estate(
+    estate: Any, who: str, runbook: str, region: str, *, action: str = "run"
+) -> None:
+    """Refuse (and record) a run on an estate other than the one ``openbell deploy`` pinned.
+
+    Allowed all the same when the pinned rules (never the new files' own) entitle ``who``
+    to ``run-unpinned`` and to ``action``; that is recorded as an ``estate_unpinned_run``.
+    """
+    from openbell.tasks.ledger import Ledger
+
+    rules, pin, differences = rules_in_force(estate, region)
+    if pin is None or not differences:
+        return
+    region = region.lower()
+    decisions = []
+    for needed in ("run-unpinned", action):
+        decision = rules.decide(who, needed, runbook, region)
+        decisions.append(decision)
+        if not decision.allowed:
+            reason = (
+                f"{'; '.join(differences)}: the estate of {region} was {pin.describe()}, and "
+                f"by the pinned rules {decision.reason}"
+            )
+            with Ledger() as ledger:
+                ledger.record_refusal(
+                    who=who,
+                    action=action,
+                    runbook=runbook,
+                    region=region,
+                    reason=reason,
+                    rule=decision.rule,
+                )
+            raise OpenbellError(
+                f"refused: {reason}. Pin the changed files with openbell deploy, or try it "
+                "with --dry-run"
+            )
+    with Ledger() as ledger:
+        ledger.append(
+            "estate_unpinned_run",
+            None,
+            {
+                "who": who,
+                "action": action,
+                "runbook": runbook,
+                "region": region,
+                "differences": differences,
+                "pin_seq": pin.seq,
+                "rules": [d.rule for d in decisions],
+                "reasons": [d.reason for d in decisions],
+            },
+        )
 
 
 def require_trusted_files(estate: Any, who: str, action: str, runbook: str, region: str) -> None:

@@ -20,10 +20,12 @@ from openbell.deployments.cli.common import (
     as_text,
     check_runbook,
     command,
+    err,
     out,
     parse_date,
     proven,
     require_entitled,
+    require_pinned_estate,
     require_trusted_files,
     whoami,
 )
@@ -105,17 +107,24 @@ def validate(path: Annotated[Path | None, typer.Argument(help="estate YAML")] = 
     """Check an estate file and its entitlements: schema, cross-references, dependency
     cycles, identities (everything a later command would refuse)."""
     from openbell.runbooks.entitlements import entitlements_for
+    from openbell.runbooks.identity import IdentityError, allowed_signers
     from openbell.runbooks.loader import load_estate
 
     estate = load_estate(path)
-    rules = entitlements_for(estate).rules
+    ents = entitlements_for(estate)
     out.print(
         f"[green]ok[/] {as_text(str(estate.source))}: {len(estate.regions)} regions, "
         f"{len(estate.hosts)} hosts, {len(estate.apps)} apps, "
         f"{len(estate.fix_sessions)} FIX sessions, {len(estate.feeds)} feeds, "
-        f"{len(estate.databases)} databases; entitlements {estate.entitlements}: "
-        f"{len(rules)} rules"
+        f"{len(estate.databases)} databases; entitlements {as_text(str(estate.entitlements))}: "
+        f"{len(ents.rules)} rules"
     )
+    try:
+        allowed_signers(ents)
+    except IdentityError as exc:
+        # Not fatal (an OS account that is a person of the estate still proves who it
+        # is), but every --key would be refused: say so now.
+        err.print(f"[yellow]warning[/]: {as_text(str(exc))}; --key is refused until it exists")
 
 
 @command(app)
@@ -246,6 +255,7 @@ def run(
     require_entitled(estate, operator, "run", rb.key, region)
     if not dry_run:
         require_trusted_files(estate, operator, "run", rb.key, region)
+        require_pinned_estate(estate, operator, rb.key, region)
     redo_steps(rb, from_step)  # a typo fails now, not after the Prefect server started
     extra = runbook_params(
         rb,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,7 @@ from openbell.deployments.cli.common import (
     parse_date,
     proven,
     require_entitled,
+    require_pinned_estate,
     require_trusted_files,
 )
 from openbell.settings import get_settings
@@ -82,14 +83,19 @@ def deploy(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would change")] = False,
     as_json: JsonOpt = False,
+    who: AsOpt = None,
+    signing_key: KeyOpt = None,
 ) -> None:
-    """Register work pools, deployments and the coming runs; idempotent, prints what changed."""
+    """Register work pools, deployments and the coming runs, and pin the estate and its
+    entitlements (their sha256) per region: runs on other files are refused. Idempotent,
+    prints what changed."""
     from openbell.deployments import deploy as dep
     from openbell.deployments.calendar_view import deploy_summary
     from openbell.deployments.prefect_server import ensure_server
     from openbell.runbooks.loader import load_estate
 
     estate = load_estate(estate_path)
+    person, proof = (None, None) if dry_run else may_deploy(estate, who, signing_key)
     api_url = ensure_server()
     report = dep.run_sync(
         lambda: dep.deploy(
@@ -100,10 +106,55 @@ def deploy(
             dry_run=dry_run,
         )
     )
+    pins = []
+    if person is not None:
+        from openbell.deployments.pin import record_pins
+        from openbell.tasks.ledger import Ledger
+
+        with Ledger() as ledger:
+            pins = record_pins(ledger, estate, by=person, proof=proof)
     if as_json:
-        out.print_json(json.dumps(report.to_json()))
+        body = report.to_json()
+        body["pins"] = [
+            {"region": p.region, "estate_sha256": p.estate_sha256,
+             "entitlements_sha256": p.entitlements_sha256, "seq": p.seq}
+            for p in pins
+        ]  # fmt: skip
+        out.print_json(json.dumps(body))
     else:
         out.print(deploy_summary(report))
+        for p in pins:
+            out.print(
+                f"pinned {p.region}: estate sha256:{p.estate_sha256[:12]}, entitlements "
+                f"sha256:{(p.entitlements_sha256 or '(none)')[:12]} (ledger seq {p.seq})"
+            )
+
+
+def may_deploy(estate: Any, who: str | None, key: Path | None) -> tuple[str, dict[str, Any]]:
+    """Who deploys, proven, and entitled to ``deploy`` every runbook of every region by
+    the rules in force (a pinned region's pinned rules); a refusal is recorded."""
+    from openbell import catalog
+    from openbell.deployments.cli.common import rules_in_force
+    from openbell.errors import OpenbellError
+    from openbell.tasks.ledger import Ledger
+
+    person, proof = None, None
+    for region in sorted(estate.regions):
+        got = proven(estate, who, key, "deploy", "*", region)
+        person, proof = got.person, got.model_dump(mode="json")
+        rules = rules_in_force(estate, region)[0]
+        for runbook in catalog.names():
+            decision = rules.decide(person, "deploy", runbook, region)
+            if decision.allowed:
+                continue
+            with Ledger() as ledger:
+                ledger.record_refusal(
+                    who=person, action="deploy", runbook=runbook, region=region,
+                    reason=decision.reason, rule=decision.rule,
+                )  # fmt: skip
+            raise OpenbellError(f"refused: {decision.reason}")
+    assert person is not None and proof is not None  # an estate has at least one region
+    return person, proof
 
 
 @command(app)
@@ -200,6 +251,7 @@ def catchup(
         me = proven(estate, who, signing_key, "run", key, region).person
         require_entitled(estate, me, "run", key, region)
         require_trusted_files(estate, me, "run", key, region)
+        require_pinned_estate(estate, me, key, region)
     api_url = ensure_server()
 
     async def go() -> tuple[cu.CatchUp, str | None]:
