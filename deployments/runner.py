@@ -44,6 +44,7 @@ def run_runbook(
     estate: Path | str | None = None,
     dry_run: bool = False,
     operator: str | None = None,
+    proof: Any = None,
     from_step: str | None = None,
     extra: dict[str, Any] | None = None,
     console: Console | None = None,
@@ -90,6 +91,7 @@ def run_runbook(
 
     with temporary_settings({PREFECT_API_URL: api_url}):
         engine.progress_listener = progress
+        engine.requester_proof = proof
         try:
             if progress:
                 with progress:
@@ -98,6 +100,7 @@ def run_runbook(
                 state = _run(guarded())
         finally:
             engine.progress_listener = None
+            engine.requester_proof = None
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunRecord):
         return result

@@ -55,6 +55,10 @@ R = TypeVar("R")
 
 #: The CLI sets this to show live progress of an in-process run.
 progress_listener: ProgressFn | None = None
+#: The proof of who asked for the run, set by deployments/runner.py when the CLI runs the
+#: flow in its own process. A flow run a worker picked up (a schedule, Prefect's UI or
+#: API) has none: its ``operator`` parameter is a claim, recorded as unproven.
+requester_proof: Any = None
 
 
 # ---- the Prefect flow ----------------------------------------------------------------------
@@ -154,7 +158,7 @@ def _finish_task() -> Any:
 async def open_run(runbook: Runbook, params: RunParams) -> tuple[RunContext, RunRecord]:
     """Load the estate, decide the calendar gate, build the run's resources, record it."""
     from prefect import get_run_logger
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment, flow_run
 
     from openbell.flows.plan import build_plan, calendar_facts, redo_steps
     from openbell.runbooks.loader import estate_version, load_estate
@@ -178,6 +182,17 @@ async def open_run(runbook: Runbook, params: RunParams) -> tuple[RunContext, Run
     prev = facts.get("previous_session")
     run_id = str(flow_run.id or uuid.uuid4())
     version = estate_version(estate)
+    operator = params.operator or settings.operator or getpass.getuser()
+    proof = requester_proof
+    if proof is not None and proof.person == operator:
+        proven = proof.model_dump(mode="json")
+    else:
+        via = "a Prefect deployment run" if deployment.id else "a flow parameter"
+        proven = {
+            "person": operator,
+            "method": "none",
+            "account": f"{via}: the operator parameter, which nothing proves",
+        }
     ctx = RunContext(
         estate=estate,
         region=region,
@@ -186,7 +201,7 @@ async def open_run(runbook: Runbook, params: RunParams) -> tuple[RunContext, Run
         ssh=ssh.SshPool(estate),
         http=http.HttpClient,
         notifier=notify.get_notifier(settings),
-        operator=params.operator or settings.operator or getpass.getuser(),
+        operator=operator,
         progress=progress_listener,
         ledger=Ledger(),
         run_id=run_id,
@@ -202,6 +217,7 @@ async def open_run(runbook: Runbook, params: RunParams) -> tuple[RunContext, Run
         trade_date=day,
         dry_run=params.dry_run,
         operator=ctx.operator,
+        requester_proof=proven,
         calendar=facts,
         skipped_reason=reason,
         estate_source=estate.source,

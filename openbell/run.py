@@ -218,6 +218,9 @@ class RunRecord(BaseModel):
     trade_date: date
     dry_run: bool = False
     operator: str
+    #: How the requester was proven (an identity Proof as JSON; method ``none`` for a
+    #: flow run started through Prefect, whose operator parameter is only a claim).
+    requester_proof: dict[str, Any] | None = None
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     calendar: dict[str, Any] = Field(default_factory=dict)
@@ -247,6 +250,18 @@ class RunRecord(BaseModel):
     @property
     def passed(self) -> bool:
         return self.status.passed
+
+    @property
+    def requested_by(self) -> str:
+        """Who asked for the run and how that was proven, for reports."""
+        if not self.requester_proof:
+            return f"{self.operator} (how this was proven is not recorded)"
+        from openbell.runbooks.identity import Proof
+
+        try:
+            return Proof.model_validate(self.requester_proof).describe()
+        except ValueError:
+            return f"{self.operator} (proof not readable)"
 
     @property
     def title(self) -> str:

@@ -307,6 +307,13 @@ def test_run_waits_for_approval_then_a_rerun_does_nothing_twice(
     assert record.approvals[0].counted == [APPROVER]
     html = Path(record.reports["html"]).read_text()
     assert "Hosts marked for the day" in html and "Tidy up EMEA" in html
+    # Who asked, and how that was proven: run_runbook called with a bare operator name
+    # (no proof, as a flow started outside the CLI) records it as a claim.
+    assert record.requester_proof is not None
+    assert (record.requester_proof["person"], record.requester_proof["method"]) == (
+        REQUESTER, "none",
+    )  # fmt: skip
+    assert f"<dd>&#39;{REQUESTER}&#39; (unproven: a flow parameter: " in html
 
     # Again: every mark is there (idempotency key and state), so nothing waits, nothing changes.
     second = Run(tidy_estate, day).result()

@@ -392,6 +392,9 @@ def test_several_apps_go_in_dependency_order_and_come_back_in_reverse(lab) -> No
             runs = json.loads(forward.stdout)["runs"]
             assert [r["parameters"]["app"] for r in runs] == [refdata, risk]
             assert all(r["status"] == "changed" for r in runs), [r["status"] for r in runs]
+            # Started from the CLI with the requester's key: the record says so.
+            assert {(r["requester_proof"]["person"], r["requester_proof"]["method"])
+                    for r in runs} == {(f"{REGION}-oncall", "ssh-key")}  # fmt: skip
             back = CliRunner().invoke(
                 cli,
                 [*base, "--app", refdata, "--app", risk, "--rollback", "--change", "CHG-10",

@@ -96,6 +96,10 @@ def test_a_scheduled_start_of_day_fires_on_its_regional_worker(
         assert (record["region"], record["trade_date"]) == (region, planned.trade_date.isoformat())
         assert record["flow_run_id"] == str(run.id)
         assert record["dry_run"] is False
+        # A run a worker picked up carries only an operator parameter: nothing proves it.
+        proof = record["requester_proof"]
+        assert proof["method"] == "none" and proof["person"] == record["operator"]
+        assert proof["account"].startswith("a Prefect deployment run: ")
         other = regional_workers["amer" if region == "emea" else "emea"]
         assert _records(other.home, run.id) == []
 

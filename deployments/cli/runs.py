@@ -251,7 +251,14 @@ def run(
     estate.region(region)
     # A dry run touches nothing (like a plan): the name it goes by is a claim. A run that
     # acts must prove who starts it.
-    operator = whoami(who) if dry_run else proven(estate, who, key, "run", rb.key, region).person
+    if dry_run:
+        from openbell.runbooks.identity import unproven
+
+        operator = whoami(who)
+        proof = unproven(operator, "a dry run: the name given or the OS account, a claim")
+    else:
+        proof = proven(estate, who, key, "run", rb.key, region)
+        operator = proof.person
     require_entitled(estate, operator, "run", rb.key, region)
     if not dry_run:
         require_trusted_files(estate, operator, "run", rb.key, region)
@@ -284,6 +291,7 @@ def run(
             estate=estate_path,
             dry_run=dry_run,
             operator=operator,
+            proof=proof,
             from_step=from_step,
             extra=one,
             console=None if as_json else out,

@@ -53,6 +53,7 @@ class RunJournal:
         calendar: Mapping[str, Any] | None = None,
         skipped_reason: str | None = None,
         estate_source: str | None = None,
+        requester_proof: Mapping[str, Any] | None = None,
     ) -> str:
         """Record who started what (a ``run_started`` entry) and return the run's id.
 
@@ -70,6 +71,7 @@ class RunJournal:
             calendar: the calendar facts the gate used.
             skipped_reason: why the run does nothing (not a session, ...).
             estate_source: where the estate was loaded from.
+            requester_proof: how ``requester`` was proven (a Proof as JSON).
         """
         rid = run_id or str(uuid.uuid4())
         params = (
@@ -92,6 +94,8 @@ class RunJournal:
             skipped_reason=skipped_reason,
             estate_source=estate_source,
         )
+        if requester_proof is not None:
+            payload["requester_proof"] = dict(requester_proof)
         self.append("run_started", rid, payload)
         return rid
 
@@ -117,6 +121,7 @@ class RunJournal:
             calendar=record.calendar,
             skipped_reason=record.skipped_reason,
             estate_source=record.estate_source,
+            requester_proof=record.requester_proof,
         )
 
     def record_plan(self, run_id: str, plan: Mapping[str, Any]) -> Entry:

@@ -160,6 +160,7 @@ def run_record(run_id: str, entries: Iterable[Any]) -> RunRecord:
                 "trade_date": p["trade_date"],
                 "dry_run": p.get("dry_run", False),
                 "operator": p["requester"],
+                "requester_proof": p.get("requester_proof"),
                 "started_at": p["started_at"],
                 "calendar": p.get("calendar") or {},
                 "skipped_reason": p.get("skipped_reason"),

@@ -291,6 +291,7 @@ def view_model(record: RunRecord) -> dict[str, Any]:
     data = record.model_dump(mode="json", exclude={"reports"})
     data["status"] = record.status.value
     data["title"] = record.title
+    data["requested_by"] = record.requested_by
     data["counts"] = record.counts()
     titles = {s.name: s.title for s in record.steps}
     for step, model in zip(data["steps"], record.steps, strict=True):
