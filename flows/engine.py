@@ -362,6 +362,7 @@ async def _approve(ctx: RunContext, step: Step, call: StepRun) -> None:
     verdict = await gate(ctx, step.name, targets=targets, changes=lines, summary=wanted.summary)
     call.approval = verdict.status
     call.approved = frozenset(targets) if verdict.satisfied else frozenset()
+    call.rejected_by = tuple(verdict.rejected_by)
     if not verdict.satisfied:
         why = f"approval {verdict.status}: {verdict.reason}"
         call.refused = dict.fromkeys(targets, why)

@@ -11,7 +11,10 @@ hosts and batches; the canary is switched and soaked, then (after a second decis
 shown the canary's evidence, where the app's ``continue_after_canary`` asks for one) the
 rest in batches; every host of the region is attested at the end. A failed step after the
 first switch rolls back the hosts this release switched, and only those, to the release
-the ledger recorded for each before. ``--rollback`` returns the region to the version
+the ledger recorded for each before (at once, or where the estate says ``rollback:
+decision`` after the approver group chose rollback over hold; no answer rolls back). A host
+whose rollback cannot finish is quarantined in the ledger, and start of day fails on it
+until it is rolled back or cleared. ``--rollback`` returns the region to the version
 before its last release.
 
 Re-running a stopped release picks up where it stopped: keys per (release, region, app,
@@ -140,5 +143,12 @@ RELEASE = Runbook(
             after=("attest",),
         ),
     ),
-    recovery=Step("rollback", "Rolled back", r.rollback, plan=r.plan_rollback),
+    recovery=Step(
+        "rollback",
+        "Rolled back",
+        r.rollback,
+        plan=r.plan_rollback,
+        changes=r.hosts_to_roll_back,  # asks only where the estate says rollback: decision
+        approval="always",
+    ),
 )

@@ -4,7 +4,8 @@ Runs only on a session of the region's primary calendar (another day is skipped 
 calendar's reason). The host checks, the apps, the FIX sessions, the feeds, the database
 checks and the alert path are independent of each other and run at once; the apps go
 tier by tier in dependency order. Starting an app that is down is the one change this
-runbook makes: where the estate says so (``runbooks.sod.approvals: {steps: [apps]}``),
+runbook makes; a host a release left quarantined fails it ("do not open with this host").
+Where the estate says so (``runbooks.sod.approvals: {steps: [apps]}``),
 a second person approves the apps to start before any is started.
 """
 
@@ -25,6 +26,7 @@ from openbell.tasks.hosts import (
     plan_fix_store,
     plan_logs,
 )
+from openbell.tasks.quarantine import check_quarantine, plan_quarantine
 from openbell.tasks.sessions import check_fix_sessions, plan_fix_sessions
 
 START_OF_DAY = Runbook(
@@ -52,5 +54,11 @@ START_OF_DAY = Runbook(
         Step("controls", "Pre-trade controls armed", check_database, plan=plan_database),
         Step("batch", "Overnight batch finished", check_database, plan=plan_database),
         Step("alert_path", "Alert path alive", check_alert_path, plan=plan_alert_path),
+        Step(  # "do not open with this host": a release's rollback did not finish there
+            "quarantine",
+            "No host quarantined by a release",
+            check_quarantine,
+            plan=plan_quarantine,
+        ),
     ),
 )

@@ -541,9 +541,17 @@ class ReleasePolicy(RunbookPolicy):
         default=10.0, gt=0, description="expected duration of one batch, soak included"
     )
     rollback_minutes: float = Field(default=15.0, gt=0, description="to put every host back")
-    rollback: Literal["automatic"] = Field(
+    rollback: Literal["automatic", "decision"] = Field(
         default="automatic",
-        description="after a failed verification: at once (asking first is not built yet)",
+        description="after a failed verification: roll back at once (automatic), or first ask "
+        "the app's approver group whether to roll back or hold (decision); unanswered within "
+        "rollback_decision_minutes, the release rolls back",
+    )
+    rollback_decision_minutes: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="how long the approver group has to choose rollback or hold",
     )
     ttl_minutes: float = Field(default=60.0, gt=0, description="an unanswered release is refused")
     emergency_approvers: int = Field(

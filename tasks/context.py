@@ -211,6 +211,8 @@ class StepRun:
         approval: the verdict's status when the step needed approval, else None.
         approved: the targets the approval covered (empty when none was needed).
         refused: targets whose change the approval did not allow, with the reason.
+        rejected_by: the persons whose proven rejection counted (empty otherwise: an
+            expired request, or a resume that carried no decision).
         note: what the step says about itself in the report (set by its function).
     """
 
@@ -220,6 +222,7 @@ class StepRun:
     approval: str | None = None
     approved: frozenset[str] = frozenset()
     refused: dict[str, str] = field(default_factory=dict)
+    rejected_by: tuple[str, ...] = ()
     note: str = ""
 
     async def fan_out(

@@ -25,6 +25,8 @@ from openbell.outcome import Status
 from openbell.run import RunRecord
 from openbell.runbooks.schema import Estate
 from openbell.tasks.connectors.ssh import SshPool
+from openbell.tasks.ledger import Ledger
+from openbell.tasks.release import records
 from tests.fixtures import release as release_state
 from tests.fixtures.approver import AutoApprover
 from tests.fixtures.people import as_
@@ -294,6 +296,9 @@ def test_a_host_lost_mid_switch_is_rolled_back_with_the_others_once_it_is_back(l
             assert back[f"{APP}@{h}"].status == Status.CHANGED, back[f"{APP}@{h}"].detail
     finally:
         book.remove("host_down", lost)
+    with Ledger() as ledger:  # start of day's "do not open with this host"
+        held = records.quarantined(ledger, REGION)
+    assert list(held) == [lost] and held[lost].run_id == record.run_id
     # the host is back: the next run of the release finishes the rollback there
     again = approved_release(estate, path, "3.0.1")
     assert not again.passed  # the release did not happen
@@ -307,6 +312,143 @@ def test_a_host_lost_mid_switch_is_rolled_back_with_the_others_once_it_is_back(l
     with SshPool(estate) as pool:
         for h in hosts:
             assert pool.run(h, estate.app(APP).status).ok, f"{APP} is not running on {h}"
+    with Ledger() as ledger:  # out of quarantine: the rollback finished there
+        assert records.quarantined(ledger, REGION) == {}
+        cleared = ledger.entries(kinds=["host_cleared"])
+    assert [(e.payload["host"], e.payload["how"], e.run_id) for e in cleared] == [
+        (lost, "rolled back", again.run_id)
+    ]
+
+
+def estate_copy(path: Path, tmp_path: Path, name: str, change: Any) -> Path:
+    """The test estate with ``change(data)`` applied, beside it (its relative paths hold)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    copy = path.with_name(f"{name}-{tmp_path.name}.yaml")
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
+    return copy
+
+
+def decisions_of(run_id: str, step: str) -> list[tuple[str, str]]:
+    with Ledger() as ledger:
+        decided = ledger.entries(run_id=run_id, kinds=["approval_decided"])
+    return [
+        (e.payload["decision"]["approver"], e.payload["decision"]["decision"])
+        for e in decided
+        if e.payload["decision"]["step"] == step
+    ]
+
+
+def test_a_refused_second_decision_rolls_the_canary_back(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``continue_after_canary``, and the approver group says no after the soak: the
+    other batches are never touched, and the canary goes back."""
+    from openbell.runbooks.loader import load_estate
+
+    path, _, _ = lab
+
+    def ask_twice(data: dict[str, Any]) -> None:
+        data["apps"][APP]["release"]["continue_after_canary"] = True
+
+    copy = estate_copy(path, tmp_path, "refused-second", ask_twice)
+    try:
+        estate2 = load_estate(copy)
+        hosts = estate2.app(APP).hosts
+        mark = effects_now()
+        with AutoApprover(estate2, REGION, f"{REGION}-lead", decisions={"rollout": "reject"}):
+            record = release(copy, "3.0.1")
+        assert not record.passed
+        assert decisions_of(record.run_id, "rollout") == [(f"{REGION}-lead", "reject")]
+        rollout = outcomes(record, "rollout")
+        assert sorted(rollout) == sorted(f"{APP}@{h}" for h in hosts[1:])
+        details = [rollout[f"{APP}@{h}"].detail for h in hosts[1:]]
+        assert not any(o.passed for o in rollout.values())
+        assert details[0].startswith("not changed: approval rejected: rejected by apac-lead")
+        # a later batch is refused too, or not started once one host counts as failed
+        assert all("approval rejected" in d or "not started" in d for d in details[1:]), details
+        back = outcomes(record, "rollback")
+        assert back[f"{APP}@{hosts[0]}"].status == Status.CHANGED
+        assert current_versions(estate2) == dict.fromkeys(hosts, OLD)
+        assert switches(mark) == {hosts[0]: 2}  # the canary there and back, no other host
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _decide_rollback(minutes: float = 10.0) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        block = data.setdefault("runbooks", {}).setdefault("release", {})
+        block.update({"rollback": "decision", "rollback_decision_minutes": minutes})
+
+    return change
+
+
+def test_rollback_decision_hold_then_a_rerun_rolls_back(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``rollback: decision``: the approver group holds (a proven reject), the canary stays
+    on the new version and the run fails; the re-run resumes the rollback, asks again,
+    and rolls back once approved."""
+    from openbell.runbooks.loader import load_estate
+
+    path, _, _ = lab
+    copy = estate_copy(path, tmp_path, "rollback-decision", _decide_rollback())
+    try:
+        estate2 = load_estate(copy)
+        hosts = estate2.app(APP).hosts
+        canary_target = f"{APP}@{hosts[0]}"
+        mark = effects_now()
+        with AutoApprover(estate2, REGION, f"{REGION}-lead", decisions={"rollback": "reject"}):
+            record = release(copy, "9.0.1-crashes")
+        assert not record.passed
+        assert not all(o.passed for o in outcomes(record, "soak").values())
+        with Ledger() as ledger:
+            asked = ledger.entries(run_id=record.run_id, kinds=["approval_requested"])
+        rollback_asked = [a.payload for a in asked if a.payload["request"]["step"] == "rollback"]
+        assert len(rollback_asked) == 1
+        assert rollback_asked[0]["summary"].startswith(f"ROLL BACK {APP} 9.0.1-crashes on 1 host")
+        assert rollback_asked[0]["changes"] == [f"{canary_target}: 9.0.1-crashes -> {OLD}"]
+        assert decisions_of(record.run_id, "rollback") == [(f"{REGION}-lead", "reject")]
+        held = outcomes(record, "rollback")
+        assert list(held) == [canary_target]
+        assert held[canary_target].status == Status.FAILED
+        assert held[canary_target].detail.startswith("HELD on 9.0.1-crashes")
+        assert current_versions(estate2)[hosts[0]] == "9.0.1-crashes"
+        assert switches(mark) == {hosts[0]: 1}  # switched, not back
+        # the re-run is the rollback, not the release: asked again, approved, rolled back
+        with AutoApprover(estate2, REGION, f"{REGION}-lead"):
+            again = release(copy, "9.0.1-crashes")
+        assert not again.passed  # the release did not happen
+        assert decisions_of(again.run_id, "rollback") == [(f"{REGION}-lead", "approve")]
+        assert outcomes(again, "rollback")[canary_target].status == Status.CHANGED
+        assert "rolled back by decision" in next(
+            s.note for s in again.steps if s.name == "rollback"
+        )
+        assert current_versions(estate2) == dict.fromkeys(hosts, OLD)
+        assert switches(mark) == {hosts[0]: 2}
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def test_rollback_decision_unanswered_rolls_back(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No answer within ``rollback_decision_minutes``: the way back the approved plan
+    covers is taken; holding needs a proven person."""
+    from openbell.runbooks.loader import load_estate
+
+    path, _, _ = lab
+    copy = estate_copy(path, tmp_path, "rollback-unanswered", _decide_rollback(0.1))
+    try:
+        estate2 = load_estate(copy)
+        hosts = estate2.app(APP).hosts
+        with AutoApprover(estate2, REGION, f"{REGION}-lead", decisions={"rollback": "ignore"}):
+            record = release(copy, "9.0.1-crashes")
+        assert not record.passed
+        assert decisions_of(record.run_id, "rollback") == []
+        back = outcomes(record, "rollback")
+        assert back[f"{APP}@{hosts[0]}"].status == Status.CHANGED
+        note = next(s.note for s in record.steps if s.name == "rollback")
+        assert "the decision was expired without a proven hold: rolled back" in note
+        assert current_versions(estate2) == dict.fromkeys(hosts, OLD)
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def test_a_second_decision_after_the_canary_is_shown_its_evidence(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

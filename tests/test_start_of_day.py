@@ -87,6 +87,7 @@ def test_run_starts_what_is_down_then_a_rerun_changes_nothing(lab) -> None:  # t
         "controls",
         "batch",
         "alert_path",
+        "quarantine",
     }
     assert expected <= {s.name for s in second.steps}
 

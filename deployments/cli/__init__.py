@@ -5,9 +5,9 @@ output where a script would want it.
 
 One module per command group: ``runs`` (validate, plan, run), ``approvals`` (approve,
 reject, approvals), ``reports`` (report), ``versions`` (versions) and
-``schedule`` (calendar, deploy, doctor,
-worker, catchup) put their commands on the root app; ``lab`` and ``audit`` are groups of
-their own; ``common`` holds what they share (consoles, errors, option types, checks).
+``schedule`` (calendar, deploy, doctor, worker, catchup) put their commands on the root
+app; ``lab``, ``audit`` and ``quarantine`` are groups of their own; ``common`` holds what
+they share (consoles, errors, option types, checks).
 Each keeps its heavy imports inside its commands: ``openbell --help`` imports no Prefect.
 """
 
@@ -24,7 +24,16 @@ import sys
 
 import typer
 
-from openbell.deployments.cli import approvals, audit, lab, reports, runs, schedule, versions
+from openbell.deployments.cli import (
+    approvals,
+    audit,
+    lab,
+    quarantine,
+    reports,
+    runs,
+    schedule,
+    versions,
+)
 from openbell.deployments.cli.common import err
 from openbell.secrets import redact
 
@@ -40,6 +49,7 @@ for _module in (runs, approvals, reports, schedule, versions):
     app.registered_commands += _module.app.registered_commands
 app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")
+app.add_typer(quarantine.app, name="quarantine")
 
 
 def main() -> None:

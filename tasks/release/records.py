@@ -11,6 +11,11 @@ Three kinds of entry, each with a ``ref`` so one lookup finds them:
                       first preflight: a re-run after a partial rollout never overwrites
                       it, and the rollback goes back to exactly it, never to a guess from
                       a directory listing.
+``host_quarantined``  {region, app, host, key, reason}: a host whose rollback could not
+                      finish (it did not answer, or its way back failed its checksums).
+                      Start of day fails on it ("do not open with this host") until a
+``host_cleared``      {region, app, host, how, by, reason} follows it: a later run of the
+                      release rolled it back, or a proven person cleared it by hand.
 ``recovery_*``        written by the engine (a rollback started and finished).
 """
 
@@ -113,3 +118,46 @@ def attempts(ledger: Any, region: str, base: str) -> int:
 def releases_in(ledger: Any, since: Any = None, until: Any = None) -> list[Any]:
     """Verified releases (and rollbacks) recorded in a time range, for the rollup."""
     return list(ledger.entries(kinds=["release_manifest"], since=since, until=until))
+
+
+def quarantine_ref(region: str, host: str) -> str:
+    return _ref("quarantine", region, host)
+
+
+def quarantined(ledger: Any, region: str, hosts: list[str] | None = None) -> dict[str, Any]:
+    """The hosts of ``region`` in quarantine now: host -> the ``host_quarantined`` entry.
+
+    Read per host (one ref each) when ``hosts`` is given, else from every quarantine entry.
+    """
+    kinds = ["host_quarantined", "host_cleared"]
+    if hosts is None:
+        found = [e for e in ledger.entries(kinds=kinds) if e.payload.get("region") == region]
+    else:
+        refs = [quarantine_ref(region, h) for h in hosts]
+        found = [e for r in refs for e in ledger.entries(kinds=kinds, ref=r)]
+    last: dict[str, Any] = {}
+    for e in sorted(found, key=lambda e: e.seq):
+        last[str(e.payload["host"])] = e
+    return {h: e for h, e in last.items() if e.kind == "host_quarantined"}
+
+
+def record_quarantine(
+    ledger: Any, run_id: str, *, region: str, app: str, host: str, key: str, reason: str
+) -> Any:
+    payload = {"region": region, "app": app, "host": host, "key": key, "reason": reason}
+    return ledger.append("host_quarantined", run_id, payload, ref=quarantine_ref(region, host))
+
+
+def record_cleared(
+    ledger: Any,
+    run_id: str | None,
+    *,
+    region: str,
+    app: str,
+    host: str,
+    how: str,
+    by: str,
+    reason: str,
+) -> Any:
+    payload = {"region": region, "app": app, "host": host, "how": how, "by": by, "reason": reason}
+    return ledger.append("host_cleared", run_id, payload, ref=quarantine_ref(region, host))

@@ -1007,14 +1007,108 @@ def plan_finalize(p: PlanContext) -> StepPlan:
 
 
 # ---- rollback -----------------------------------------------------------------------------
+async def hosts_to_roll_back(ctx: RunContext, step: StepRun) -> Changes | None:
+    """Where the estate says ``rollback: decision``: the hosts this release switched, and
+    what failed, for the approver group to choose between rolling back (approve) and
+    holding (reject). None under ``rollback: automatic``, or when no host was switched."""
+    policy = policy_of(ctx.estate)
+    if policy.rollback != "decision":
+        return None
+    t = target_of(ctx)
+    cause = str(ctx.scratch.get("recovery_cause", ""))
+    todo, lines = [], []
+    for h in t.hosts:
+        before = await in_thread(
+            ctx, records.recorded_before, ctx.ledger, ctx.region, ctx.key_version, h
+        )
+        if before is None or before == t.version:
+            continue
+        try:
+            st = await _state(ctx, t, h)
+            current = layout.version_of_link(str(st.get("current") or ""))
+        except (HostUnreachableError, OpenbellError) as exc:
+            current = f"unknown ({exc})"
+        if current == before:
+            continue
+        todo.append(t.target(h))
+        lines.append(f"{t.target(h)}: {current} -> {before}")
+    if not todo:
+        return None
+    art = await artifact_of(ctx)
+    minutes = policy.rollback_decision_minutes
+    summary = (
+        f"ROLL BACK {t.name} {t.version} on {len(todo)} host(s) of {ctx.region}? after: "
+        f"{cause[:400] or 'a failed verification'}. Approve to roll back; reject to hold "
+        f"them on {t.version}; no answer within {minutes:g} min rolls back"
+    )
+    return Changes(
+        targets=todo,
+        lines=lines,
+        summary=summary,
+        approver_group=t.release.approver_group,
+        required_approvers=1,
+        ttl_minutes=minutes,
+        artifact_sha256=art.sha256,
+        bound={
+            "app": t.name,
+            "version": t.version,
+            "rollback_of": ctx.key_version,
+            "hosts": todo,
+            "cause": cause[:400],
+        },
+    )
+
+
+def _held(ctx: RunContext, step: StepRun, t: Target) -> list[Outcome] | None:
+    """The approver group chose to hold: every host it covered stays where it is (failed,
+    so the run does not pass and a re-run asks again); None when it did not. Only a
+    proven person's rejection holds: an expired request, or a resume through Prefect that
+    carried no decision, rolls back."""
+    if step.approval != "rejected" or not step.rejected_by:
+        return None
+    why = next(iter(step.refused.values()), "approval rejected")
+    step.note = f"held by decision of {', '.join(step.rejected_by)}, not rolled back: {why}"
+    return [
+        _fail(
+            step.name,
+            target,
+            f"HELD on {t.version}, not rolled back ({why}); the region is not on one version "
+            "until a re-run of this release rolls back or a new release goes in",
+            utcnow(),
+        )
+        for target in sorted(step.refused)
+    ]
+
+
 async def rollback(ctx: RunContext, step: StepRun) -> list[Outcome]:
     """Put back every host this release switched, and only those, to the release recorded
-    for it before (reverse order), then mark the release bad on every host."""
+    for it before (reverse order), then mark the release bad on every host.
+
+    Under ``rollback: decision`` the engine first asks the approver group: approved, or
+    unanswered in time, it rolls back; rejected, the hosts are held where they are."""
     t = target_of(ctx)
+    held = _held(ctx, step, t)
+    if held is not None:
+        return held
     root = t.release.root
     cause = str(ctx.scratch.get("recovery_cause", ""))
     out: list[Outcome] = []
     mark = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ},{ctx.run_id},{cause[:300]}"
+
+    async def quarantine(host: str, target: str, why: str, started: datetime) -> Outcome:
+        await in_thread(
+            ctx,
+            records.record_quarantine,
+            ctx.ledger,
+            ctx.run_id,
+            region=ctx.region,
+            app=t.name,
+            host=host,
+            key=ctx.key_version,
+            reason=why,
+        )
+        return _fail(step.name, target, f"QUARANTINE: {why}", started)
+
     async with ctx.http() as http:
         for host in reversed(t.hosts):
             target = t.target(host)
@@ -1041,50 +1135,68 @@ async def rollback(ctx: RunContext, step: StepRun) -> list[Outcome]:
                         ctx, host, layout.verify_tree(layout.release_dir(root, before))
                     )
                     if not tree.ok:
-                        out.append(
-                            _fail(
-                                step.name,
-                                target,
-                                f"QUARANTINE: the way back {before} fails its "
-                                "checksums; the host stays out until fixed by hand",
-                                started,
-                            )
+                        why = (
+                            f"the way back {before} fails its checksums; the host stays "
+                            "out until fixed by hand"
                         )
+                        out.append(await quarantine(host, target, why, started))
                         continue
                 outcome = await switch_host(ctx, http, t, step.name, target, host, before)
                 if t.version in st["releases"]:
                     await _ssh(ctx, host, layout.mark_bad(root, t.version, mark))
                 await _ssh(ctx, host, layout.release_lock(root, t.base))
+                if outcome.passed:
+                    await in_thread(ctx, _clear_if_quarantined, ctx, t, host)
                 out.append(
                     outcome.model_copy(update={"detail": f"rolled back: {outcome.detail}"})
                     if outcome.status == Status.CHANGED
                     else outcome
                 )
             except HostUnreachableError as exc:
-                out.append(
-                    _fail(
-                        step.name,
-                        target,
-                        f"QUARANTINE: {host} does not answer, its state is unknown ({exc}); keep "
-                        "it out of service: a run of this release finishes the rollback there "
-                        "once it answers",
-                        started,
-                    )
+                why = (
+                    f"{host} does not answer, its state is unknown ({exc}); keep it out of "
+                    "service: a run of this release finishes the rollback there once it answers"
                 )
+                out.append(await quarantine(host, target, why, started))
             except Exception as exc:  # one host's failure must not stop the others' rollback
                 out.append(
                     _fail(
                         step.name, target, f"rollback failed: {type(exc).__name__}: {exc}", started
                     )
                 )
-    step.note = f"why: {cause}" if cause else ""
+    notes = [f"why: {cause}"] if cause else []
+    if step.approval is not None and step.approval != "approved":
+        notes.append(
+            f"the decision was {step.approval} without a proven hold: rolled back, as "
+            "rollback: decision says when no one chooses to hold"
+        )
+    elif step.approval == "approved":
+        notes.append("rolled back by decision of the approver group")
+    step.note = "; ".join(notes)
     return out
+
+
+def _clear_if_quarantined(ctx: RunContext, t: Target, host: str) -> None:
+    """A host this release had quarantined, now rolled back: out of quarantine."""
+    held = records.quarantined(ctx.ledger, ctx.region, [host]).get(host)
+    if held is not None and held.payload.get("key") == ctx.key_version:
+        records.record_cleared(
+            ctx.ledger,
+            ctx.run_id,
+            region=ctx.region,
+            app=t.name,
+            host=host,
+            how="rolled back",
+            by=ctx.operator,
+            reason=f"run {ctx.run_id[:8]} finished the rollback of {t.base} there",
+        )
 
 
 def plan_rollback(p: PlanContext) -> StepPlan:
     t = _plan_target(p)
     if not isinstance(t, Target):
         return StepPlan(actions=[], note=t)
+    policy = p.policy if isinstance(p.policy, ReleasePolicy) else ReleasePolicy()
     return StepPlan(
         actions=[
             PlannedAction(
@@ -1094,5 +1206,11 @@ def plan_rollback(p: PlanContext) -> StepPlan:
             )
             for h in reversed(t.hosts)
         ],
-        note="the hosts this release switched, in reverse order",
+        note="the hosts this release switched, in reverse order"
+        + (
+            f"; first asks {t.release.approver_group} to roll back or hold (no answer in "
+            f"{policy.rollback_decision_minutes:g} min rolls back)"
+            if policy.rollback == "decision"
+            else ""
+        ),
     )
