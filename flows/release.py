@@ -37,6 +37,11 @@ class ReleaseParams(RunParams):
 
     app: str | None = Field(default=None, description="the app to release, e.g. emea-oms")
     version: str | None = Field(default=None, description="the version to put on its hosts")
+    config: str | None = Field(
+        default=None,
+        description="a configuration-only change: the configuration bundle to put in force "
+        "(its own artifact; the binary stays)",
+    )
     change: str | None = Field(default=None, description="the change reference, e.g. CHG-1234")
     reason: str | None = Field(default=None, description="why, for the approvers and the record")
     rollback: bool = Field(

@@ -9,7 +9,9 @@ answers::
 
 Where the app has a release block, it runs what ``<release_root>/current`` links: its
 ``app.json`` gives the version it reports, ``health: fail`` (503), ``crash_after_s``
-(exits that long after start) and ``log_errors`` (an ERROR line each second).
+(exits that long after start) and ``log_errors`` (an ERROR line each second); the
+configuration ``<release_root>/config`` links gives ``config.json``: the configuration it
+reports (``"config": "cfg-1"``) and its ``health``.
 
 Faults (read per request): ``wrong_version`` (params ``version``) makes it report that
 version; ``latency`` (params ``ms``) delays every answer. SIGTERM stops it cleanly and
@@ -48,10 +50,14 @@ class AppState:
         self.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         #: what the release ``current`` links says (``app.json``), read once at start
         self.release: dict[str, Any] = {}
+        #: what the ``config`` link's ``config.json`` says, read once at start
+        self.config: dict[str, Any] = {}
         rel = manifest.get("release_root")
         if rel:
             with contextlib.suppress(OSError, ValueError):
                 self.release = json.loads((root / rel / "current" / "app.json").read_text())
+            with contextlib.suppress(OSError, ValueError):
+                self.config = json.loads((root / rel / "config" / "config.json").read_text())
 
     def version(self) -> str:
         fault = self.book.get("wrong_version", self.name)
@@ -61,13 +67,14 @@ class AppState:
 
     @property
     def healthy(self) -> bool:
-        return self.release.get("health", "ok") == "ok"
+        return self.release.get("health", "ok") == "ok" and self.config.get("health", "ok") == "ok"
 
     def health(self) -> dict[str, Any]:
         return {
             "app": self.name,
             "status": "ok" if self.healthy else "failing",
             "version": self.version(),
+            **({"config": self.config["config"]} if "config" in self.config else {}),
             "started_at": self.started_at,
             "pid": os.getpid(),
             "host": self.manifest.get("host"),

@@ -10,6 +10,12 @@ E, E+patch, E+minor  good (``5.0.3``, ``5.0.4``, ``5.1.0``)
 9.0.3-badsig         good content, signed with a key the estate does not trust
 ===================  ===========================================================
 
+Each app also has configuration bundles, under the name ``<app>.config`` (a
+configuration-only change, ``openbell run release --config``): ``cfg-1`` (what the hosts
+start with), ``cfg-2`` (good) and ``cfg-9-unhealthy`` (the app answers 503 with it). A
+bundle holds ``config.json`` (``{"app", "config", "health"}``, read by the lab app at start
+from ``<release root>/config``) and its ``SHA256SUMS``; it is signed like a release.
+
 Each artifact is a deterministic ``.tar.gz`` (sorted entries, mtime 0, owner 0) holding
 ``app.json`` (what the lab app reads at start: version, health, crash_after_s,
 log_errors), ``bin/README`` and ``SHA256SUMS`` of the others, so that
@@ -90,6 +96,18 @@ def versions_of(app: App) -> dict[str, dict[str, Any]]:
     }
 
 
+#: the suffix of an app's configuration bundles in the repository (``emea-oms.config``)
+CONFIG = ".config"
+#: the configuration every host starts with
+FIRST_CONFIG = "cfg-1"
+
+
+def configs_of(app: App) -> dict[str, dict[str, Any]]:
+    """Every configuration bundle the repository holds for ``app``."""
+    good = {"health": "ok"}
+    return {FIRST_CONFIG: good, "cfg-2": good, "cfg-9-unhealthy": {"health": "fail"}}
+
+
 def _tar(files: dict[str, bytes]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -111,17 +129,23 @@ def _tar(files: dict[str, bytes]) -> bytes:
 def build(app_name: str, version: str, behaviour_json: str) -> tuple[bytes, dict[str, Any]]:
     """(the artifact's bytes, its index entry) for one version: deterministic."""
     behaviour = json.loads(behaviour_json)
-    manifest = {
-        "app": app_name,
-        "version": version,
-        "health": behaviour["health"],
-        "crash_after_s": behaviour["crash_after_s"],
-        "log_errors": behaviour["log_errors"],
-    }
-    files = {
-        "app.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-        "bin/README": f"{app_name} {version}: a lab release (openbell.lab.artifacts)\n".encode(),
-    }
+    if app_name.endswith(CONFIG):
+        config = {"app": app_name[: -len(CONFIG)], "config": version, **behaviour}
+        files = {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
+    else:
+        manifest = {
+            "app": app_name,
+            "version": version,
+            "health": behaviour["health"],
+            "crash_after_s": behaviour["crash_after_s"],
+            "log_errors": behaviour["log_errors"],
+        }
+        files = {
+            "app.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+            "bin/README": (
+                f"{app_name} {version}: a lab release (openbell.lab.artifacts)\n"
+            ).encode(),
+        }
     sums = "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in sorted(files))
     files["SHA256SUMS"] = sums.encode()
     data = _tar(files)
@@ -138,9 +162,18 @@ def build(app_name: str, version: str, behaviour_json: str) -> tuple[bytes, dict
     return data, entry
 
 
+def versions_in_repository(estate: Estate, name: str) -> dict[str, dict[str, Any]]:
+    """What the repository holds under ``name``: an app's versions, or (``<app>.config``)
+    its configuration bundles. Raises KeyError for a name it does not hold."""
+    if name.endswith(CONFIG):
+        return configs_of(estate.apps[name[: -len(CONFIG)]])
+    return versions_of(estate.apps[name])
+
+
 def artifact(estate: Estate, app_name: str, version: str) -> tuple[bytes, dict[str, Any]]:
-    """One version of an app: (bytes, index entry). Raises KeyError when it has none."""
-    behaviour = versions_of(estate.apps[app_name])[version]
+    """One version of an app (or configuration bundle of ``<app>.config``): (bytes, index
+    entry). Raises KeyError when it has none."""
+    behaviour = versions_in_repository(estate, app_name)[version]
     return build(app_name, version, json.dumps(behaviour, sort_keys=True))
 
 
@@ -164,7 +197,8 @@ class ArtifactServer:
         self.book = book
         self.address, self.port = url.hostname, url.port
         self.prefix = url.path.rstrip("/")
-        self.apps = sorted(n for n, a in estate.apps.items() if a.release is not None)
+        released = sorted(n for n, a in estate.apps.items() if a.release is not None)
+        self.apps = sorted(released + [n + CONFIG for n in released])
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -191,7 +225,7 @@ class ArtifactServer:
         if not parts or parts[0] not in self.apps:
             return _json(404, {"error": f"no app {parts[0] if parts else ''!r}; apps: {self.apps}"})
         app_name = parts[0]
-        versions = versions_of(self.estate.apps[app_name])
+        versions = versions_in_repository(self.estate, app_name)
         if parts[1:] == ["index.json"]:
             return _json(200, {"app": app_name, "versions": list(versions)})
         if len(parts) < 3 or parts[1] not in versions:

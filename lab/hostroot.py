@@ -60,8 +60,9 @@ def prepare_host(paths: LabPaths, estate: Estate, name: str) -> Path:
 def install_releases(root: Path, estate: Estate, name: str) -> None:
     """Lay out the first release of each releasable app on this host: ``releases/<E>/``
     from the lab repository's artifact of its expected version, and ``current`` linking
-    it. Kept as it is once there (a release may have switched it since)."""
-    from openbell.lab.artifacts import artifact, unpack_into
+    it; ``configs/cfg-1/`` and ``config`` linking it. Kept as it is once there (a release
+    may have switched it since)."""
+    from openbell.lab.artifacts import CONFIG, FIRST_CONFIG, artifact, unpack_into
 
     for app_name, app in estate.apps.items():
         if name not in app.hosts or app.release is None or estate.artifacts is None:
@@ -78,6 +79,17 @@ def install_releases(root: Path, estate: Estate, name: str) -> None:
         current = base / "current"
         if not current.is_symlink() and not current.exists():
             current.symlink_to(f"releases/{version}")
+        # its configuration, beside the releases: configs/<cfg>/ and the ``config`` link
+        bundle = base / "configs" / FIRST_CONFIG
+        if not bundle.exists():
+            data, _ = artifact(estate, app_name + CONFIG, FIRST_CONFIG)
+            staging = base / "configs" / f".staging-{FIRST_CONFIG}-lab"
+            staging.mkdir(parents=True, exist_ok=True)
+            unpack_into(data, staging)
+            staging.rename(bundle)
+        config = base / "config"
+        if not config.is_symlink() and not config.exists():
+            config.symlink_to(f"configs/{FIRST_CONFIG}")
 
 
 def inside(root: Path, rel: str, key_path: str) -> Path:

@@ -34,6 +34,7 @@ from tests.fixtures.people import as_
 pytestmark = pytest.mark.integration
 
 REGION, APP, OLD = "apac", "apac-router", "3.0.0"
+FIRST_CONFIG = "cfg-1"  # what the lab lays out (openbell.lab.artifacts)
 ROOT = f"apps/{APP}"
 #: a Saturday: every venue of apac closed, the window open until Monday's lead
 INSIDE_WINDOW = "2026-12-05T03:00:00+00:00"
@@ -63,14 +64,16 @@ def _put_back(estate: Estate, hosts: list[str]) -> None:
     """The router on 3.0.0 everywhere, running, with no other release and no lock."""
     app = estate.app(APP)
     script = (
-        'cd -- "$1" && rm -rf .openbell.lock current.next && '
+        'cd -- "$1" && rm -rf .openbell.lock current.next config.next && '
         'for d in releases/*/; do d=${d%/}; [ "$d" = "releases/$2" ] || rm -rf -- "$d"; done; '
-        'ln -sfn "releases/$2" current.next && mv -T -f current.next current'
+        'ln -sfn "releases/$2" current.next && mv -T -f current.next current && '
+        'for d in configs/*/; do d=${d%/}; [ "$d" = "configs/$3" ] || rm -rf -- "$d"; done; '
+        'ln -sfn "configs/$3" config.next && mv -T -f config.next config'
     )
     with SshPool(estate) as pool:
         for h in hosts:
             assert pool.run(h, app.stop).ok
-            res = pool.run(h, ["sh", "-c", script, "sh", ROOT, OLD])
+            res = pool.run(h, ["sh", "-c", script, "sh", ROOT, OLD, FIRST_CONFIG])
             assert res.ok, res.stderr
             assert pool.run(h, app.start).ok
 
@@ -318,6 +321,58 @@ def test_a_host_lost_mid_switch_is_rolled_back_with_the_others_once_it_is_back(l
     assert [(e.payload["host"], e.payload["how"], e.run_id) for e in cleared] == [
         (lost, "rolled back", again.run_id)
     ]
+
+
+def test_a_configuration_only_change_switches_the_config_link_only(lab) -> None:  # type: ignore[no-untyped-def]
+    """RELEASE.md T24: ``--config``: the binary's releases and ``current`` are untouched;
+    only ``config`` switches, canary first; the attestation checks the configuration the
+    app reports and the bundle's checksums; a bad one is rolled back, the link only."""
+    path, estate, _ = lab
+    hosts = estate.app(APP).hosts
+    mark = effects_now()
+    record = approved_release(estate, path, None, config="cfg-2")
+    assert record.passed, [(s.name, s.summary()) for s in record.steps if not s.passed]
+    assert current_versions(estate) == dict.fromkeys(hosts, OLD)  # the binary stays
+    configs = release_state.current_versions(estate, APP, "configs")
+    assert configs == dict.fromkeys(hosts, "cfg-2")
+    assert switches(mark) == {}  # no mv onto current
+    assert release_state.switches(ROOT, mark, "config") == dict.fromkeys(hosts, 1)
+    attest = outcomes(record, "attest")
+    assert all(f"{FIRST_CONFIG} -> cfg-2" in o.detail for o in attest.values()), attest
+    with Ledger() as ledger:
+        asked = ledger.entries(run_id=record.run_id, kinds=["approval_requested"])
+        assert (
+            asked[0]
+            .payload["summary"]
+            .startswith(f"CONFIGURATION-ONLY change (the binary stays): {APP} cfg-2")
+        )
+        assert records.manifest_version(ledger, REGION, f"{APP}.config") == "cfg-2"
+        assert records.previous_version(ledger, REGION, f"{APP}.config") == FIRST_CONFIG
+        assert records.manifest_version(ledger, REGION, APP) is None  # no binary release
+    with SshPool(estate) as pool:
+        assert pool.run(hosts[0], ["test", "-d", f"{ROOT}/configs/{FIRST_CONFIG}"]).ok  # kept
+    # a configuration the app is unhealthy with: the canary's link goes back, nothing else
+    mark = effects_now()
+    bad = approved_release(estate, path, None, config="cfg-9-unhealthy")
+    assert not bad.passed
+    back = outcomes(bad, "rollback")
+    assert back[f"{APP}@{hosts[0]}"].status == Status.CHANGED, back
+    assert release_state.current_versions(estate, APP, "configs") == dict.fromkeys(hosts, "cfg-2")
+    assert release_state.switches(ROOT, mark, "config") == {hosts[0]: 2}
+    assert switches(mark) == {}
+    assert current_versions(estate) == dict.fromkeys(hosts, OLD)
+    # --config with --version, or --rollback, is refused naming what to give
+    from types import SimpleNamespace
+
+    from openbell.tasks.release.target import ReleaseError, resolve
+
+    def asked(**kw: Any) -> Any:
+        return SimpleNamespace(**{"app": APP, "version": None, "rollback": False, **kw})
+
+    with pytest.raises(ReleaseError, match="not both"):
+        resolve(estate, REGION, asked(version="3.0.1", config="cfg-2"))
+    with Ledger() as ledger, pytest.raises(ReleaseError, match="--config cfg-1"):
+        resolve(estate, REGION, asked(config="cfg-2", rollback=True), ledger)
 
 
 def estate_copy(path: Path, tmp_path: Path, name: str, change: Any) -> Path:

@@ -46,6 +46,14 @@ VersionOpt = Annotated[
     list[str] | None,
     typer.Option("--version", help="release: the version (one per --app, in the same order)"),
 ]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="release: a configuration-only change: put this configuration bundle in force "
+        "(the binary stays; not with --version)",
+    ),
+]
 ChangeOpt = Annotated[str | None, typer.Option("--change", help="release: change reference")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="release: why")]
 RollbackOpt = Annotated[
@@ -76,6 +84,8 @@ def each_app(rb: Any, estate: Any, region: str, extra: dict[str, Any]) -> list[d
 
     apps: list[str] = list(extra.pop("app", None) or [])
     versions: list[str] = list(extra.pop("version", None) or [])
+    if extra.get("config") and len(apps) > 1:
+        raise ReleaseError("--config changes the configuration of one app: give one --app")
     if len(apps) <= 1:
         if len(versions) > 1:
             raise ReleaseError(f"{len(versions)} --version for {len(apps)} --app")
@@ -138,6 +148,7 @@ def plan(
     from_step: FromStep = None,
     app_name: AppOpt = None,
     version: VersionOpt = None,
+    config: ConfigOpt = None,
     change: ChangeOpt = None,
     reason: ReasonOpt = None,
     rollback: RollbackOpt = False,
@@ -165,6 +176,7 @@ def plan(
         rb,
         app=app_name,
         version=version,
+        config=config,
         change=change,
         reason=reason,
         rollback=rollback,
@@ -234,6 +246,7 @@ def run(
     from_step: FromStep = None,
     app_name: AppOpt = None,
     version: VersionOpt = None,
+    config: ConfigOpt = None,
     change: ChangeOpt = None,
     reason: ReasonOpt = None,
     rollback: RollbackOpt = False,
@@ -268,6 +281,7 @@ def run(
         rb,
         app=app_name,
         version=version,
+        config=config,
         change=change,
         reason=reason,
         rollback=rollback,

@@ -8,6 +8,11 @@ Under the app's release root ``$R`` (``App.release.root``)::
     $R/.openbell.lock/owner       which release holds the host (taken while staging)
     $R/.openbell.lock/switching   the version a switch of this host is under way to
 
+A configuration-only change (``--config``) uses the same layout one level over: its
+bundles sit in ``$R/configs/<config>/`` and ``$R/config`` links the one in force, so the
+binary's ``releases/`` and ``current`` are never touched. Each function that names the
+store takes ``store=`` (``releases``, the default, or ``configs``); the link follows it.
+
 Every command is an argv list sent quoted (``shlex.join`` by the SSH connector); a path
 that could start with ``-`` goes after ``--``. The switch is the one safe on POSIX:
 ``ln -sfn <release> current.next`` then ``mv -T -f current.next current`` (without ``-T``,
@@ -30,6 +35,16 @@ _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 #: a release directory's marker that it was rolled back (``<utc>,<run>,<reason>``).
 BAD_MARK = "BAD_RELEASE"
 LOCK_DIR = ".openbell.lock"
+#: where a kind of change keeps its versions -> the link that names the one in force
+STORES = {"releases": "current", "configs": "config"}
+
+
+def link_of(store: str) -> str:
+    """The link of a store: ``current`` for ``releases``, ``config`` for ``configs``."""
+    try:
+        return STORES[store]
+    except KeyError:
+        raise ValueError(f"store {store!r}: expected one of {', '.join(STORES)}") from None
 
 
 def check_version(version: str) -> str:
@@ -39,40 +54,44 @@ def check_version(version: str) -> str:
     return version
 
 
-def release_dir(root: str, version: str) -> str:
-    return f"{root}/releases/{check_version(version)}"
+def release_dir(root: str, version: str, store: str = "releases") -> str:
+    link_of(store)
+    return f"{root}/{store}/{check_version(version)}"
 
 
-def link_target(version: str) -> str:
+def link_target(version: str, store: str = "releases") -> str:
     """What ``current`` points at for ``version`` (relative, so the root can move)."""
-    return f"releases/{check_version(version)}"
+    link_of(store)
+    return f"{store}/{check_version(version)}"
 
 
-def version_of_link(target: str) -> str | None:
+def version_of_link(target: str, store: str = "releases") -> str | None:
     """The version a ``current`` link names (``releases/5.0.3`` -> ``5.0.3``), or None."""
     target = target.strip().rstrip("/")
     head, _, version = target.rpartition("/")
-    if not version or not _VERSION.fullmatch(version) or not head.endswith("releases"):
+    if not version or not _VERSION.fullmatch(version):
+        return None
+    if head != store and not head.endswith(f"/{store}"):
         return None
     return version
 
 
 # ---- reading -------------------------------------------------------------------------------
-def read_state(root: str) -> list[str]:
+def read_state(root: str, store: str = "releases") -> list[str]:
     """One command that reads a host's layout: the link, whether current is a link, the
     releases present, the lock's owner, the version a switch was under way to. Output:
-    ``key=value`` lines."""
+    ``key=value`` lines (``current=`` is the store's link: ``config`` for ``configs``)."""
     script = (
         'cd -- "$1" 2>/dev/null || { echo missing=1; exit 0; }; '
-        'if [ -L current ]; then echo "current=$(readlink current)"; '
-        "elif [ -e current ]; then echo current_is_dir=1; fi; "
-        'for d in releases/*/; do [ -d "$d" ] || continue; d=${d%/}; '
-        'echo "release=${d#releases/}"; '
-        '[ -e "$d/BAD_RELEASE" ] && echo "bad=${d#releases/}"; done; '
+        'if [ -L "$2" ]; then echo "current=$(readlink -- "$2")"; '
+        'elif [ -e "$2" ]; then echo current_is_dir=1; fi; '
+        'for d in "$3"/*/; do [ -d "$d" ] || continue; d=${d%/}; '
+        'echo "release=${d#"$3"/}"; '
+        '[ -e "$d/BAD_RELEASE" ] && echo "bad=${d#"$3"/}"; done; '
         f'[ -e {LOCK_DIR}/owner ] && echo "lock=$(cat {LOCK_DIR}/owner)"; '
         f'[ -e {LOCK_DIR}/switching ] && echo "switching=$(cat {LOCK_DIR}/switching)"; exit 0'
     )
-    return ["sh", "-c", script, "sh", root]
+    return ["sh", "-c", script, "sh", root, link_of(store), store]
 
 
 def parse_state(stdout: str) -> dict[str, Any]:
@@ -159,17 +178,19 @@ def mark_switching(root: str, owner: str, version: str) -> list[str]:
     return ["sh", "-c", script, "sh", root, owner, check_version(version)]
 
 
-def staging_dir(root: str, version: str, run_id: str) -> str:
-    return f"{root}/releases/.staging-{check_version(version)}-{run_id[:8]}"
+def staging_dir(root: str, version: str, run_id: str, store: str = "releases") -> str:
+    link_of(store)
+    return f"{root}/{store}/.staging-{check_version(version)}-{run_id[:8]}"
 
 
-def remove_stale_staging(root: str) -> list[str]:
+def remove_stale_staging(root: str, store: str = "releases") -> list[str]:
     """Remove what dead runs left half unpacked (never a release: those have no dot)."""
     script = (
-        'cd -- "$1/releases" 2>/dev/null || exit 0; '
+        'cd -- "$1/$2" 2>/dev/null || exit 0; '
         'for d in .staging-*; do [ -e "$d" ] && rm -rf -- "$d"; done; exit 0'
     )
-    return ["sh", "-c", script, "sh", root]
+    link_of(store)
+    return ["sh", "-c", script, "sh", root, store]
 
 
 def unpack(archive: str, directory: str) -> list[str]:
@@ -186,23 +207,25 @@ def remove(path: str) -> list[str]:
     return ["rm", "-rf", "--", path]
 
 
-def make_link(root: str, version: str) -> list[str]:
+def make_link(root: str, version: str, store: str = "releases") -> list[str]:
     """``current.next`` -> the release (``-n``: a leftover link is replaced, not entered)."""
-    return ["ln", "-sfn", "--", link_target(version), f"{root}/current.next"]
+    link = link_of(store)
+    return ["ln", "-sfn", "--", link_target(version, store), f"{root}/{link}.next"]
 
 
-def swap_link(root: str) -> list[str]:
+def swap_link(root: str, store: str = "releases") -> list[str]:
     """Repoint ``current`` atomically (a rename over the old link)."""
-    return ["mv", "-T", "-f", "--", f"{root}/current.next", f"{root}/current"]
+    link = link_of(store)
+    return ["mv", "-T", "-f", "--", f"{root}/{link}.next", f"{root}/{link}"]
 
 
-def read_link(root: str) -> list[str]:
-    return ["readlink", "--", f"{root}/current"]
+def read_link(root: str, store: str = "releases") -> list[str]:
+    return ["readlink", "--", f"{root}/{link_of(store)}"]
 
 
-def mark_bad(root: str, version: str, line: str) -> list[str]:
+def mark_bad(root: str, version: str, line: str, store: str = "releases") -> list[str]:
     script = 'printf "%s\\n" "$2" > "$1/BAD_RELEASE"'
-    return ["sh", "-c", script, "sh", release_dir(root, version), line]
+    return ["sh", "-c", script, "sh", release_dir(root, version, store), line]
 
 
 def count_errors(log_file: str, pattern: str, after_line: int) -> list[str]:

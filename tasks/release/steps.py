@@ -63,7 +63,9 @@ async def artifact_of(ctx: RunContext) -> Artifact:
         t = target_of(ctx)
         assert ctx.estate.artifacts is not None
         cache = get_settings().home / "artifacts"
-        found = await in_thread(ctx, fetch_artifact, ctx.estate.artifacts, t.name, t.version, cache)
+        found = await in_thread(
+            ctx, fetch_artifact, ctx.estate.artifacts, t.artifact, t.version, cache
+        )
         ctx.scratch["artifact"] = found
     return cast(Artifact, found)
 
@@ -77,7 +79,7 @@ async def _ssh(ctx: RunContext, host: str, argv: list[str], timeout: float | Non
 
 
 async def _state(ctx: RunContext, t: Target, host: str) -> dict[str, Any]:
-    res = await _ssh(ctx, host, layout.read_state(t.release.root))
+    res = await _ssh(ctx, host, layout.read_state(t.release.root, t.store))
     if not res.ok:
         raise OpenbellError(
             f"{host}: reading {t.release.root} exited {res.exit_status}: {res.tail(3)}"
@@ -96,8 +98,8 @@ async def _health(ctx: RunContext, http: Any, t: Target, host: str) -> tuple[boo
     except HttpError as exc:
         return False, None, f"GET {url}: {exc.answer}"
     body = answer.json if isinstance(answer.json, dict) else {}
-    version = str(body.get("version", "")) or None
-    return True, version, f"healthy, version {version}"
+    version = str(body.get(t.probe_key, "")) or None
+    return True, version, f"healthy, {t.probe_key} {version}"
 
 
 async def _wait_healthy(
@@ -242,7 +244,7 @@ def plan_artifact(p: PlanContext) -> StepPlan:
         actions=[
             PlannedAction(
                 target=t.base,
-                action=f"GET {url}/{t.name}/{t.version}/index.json and the file; check its "
+                action=f"GET {url}/{t.artifact}/{t.version}/index.json and the file; check its "
                 f"size, sha256 {signed}before any host is touched",
             )
         ]
@@ -285,8 +287,8 @@ async def preflight(ctx: RunContext, step: StepRun) -> list[Outcome]:
     ledger keeps each host's way back)."""
     t = target_of(ctx)
     art = await artifact_of(ctx)
-    manifest = await in_thread(ctx, records.manifest_version, ctx.ledger, ctx.region, t.name)
-    expected = manifest or t.app.expected_version
+    manifest = await in_thread(ctx, records.manifest_version, ctx.ledger, ctx.region, t.artifact)
+    expected = manifest or (t.app.expected_version if t.change == "binary" else None)
     owner = t.base
 
     async with ctx.http() as http:
@@ -301,16 +303,16 @@ async def preflight(ctx: RunContext, step: StepRun) -> list[Outcome]:
                 return _fail(
                     step.name,
                     target,
-                    f"{root}/current is a directory, not a link: "
+                    f"{root}/{t.link} is a directory, not a link: "
                     "fix the layout by hand first (a switch would replace it)",
                     started,
                 )
-            current = layout.version_of_link(str(st.get("current") or ""))
+            current = layout.version_of_link(str(st.get("current") or ""), t.store)
             if current is None:
                 return _fail(
                     step.name,
                     target,
-                    f"{root}/current links nowhere openbell knows ({st.get('current')!r})",
+                    f"{root}/{t.link} links nowhere openbell knows ({st.get('current')!r})",
                     started,
                 )
             if t.version in st["bad"]:
@@ -336,7 +338,9 @@ async def preflight(ctx: RunContext, step: StepRun) -> list[Outcome]:
             )
             evidence: dict[str, Any] = {"current": current, "before": before, "expected": expected}
             if before != t.version:
-                res = await _ssh(ctx, host, layout.verify_tree(layout.release_dir(root, before)))
+                res = await _ssh(
+                    ctx, host, layout.verify_tree(layout.release_dir(root, before, t.store))
+                )
                 if not res.ok:
                     return _fail(
                         step.name,
@@ -414,9 +418,12 @@ def plan_preflight(p: PlanContext) -> StepPlan:
     actions = []
     for h in t.hosts:
         actions += [
-            PlannedAction(target=t.target(h), action=p.ssh(h, layout.read_state(t.release.root))),
             PlannedAction(
-                target=t.target(h), action=p.ssh(h, layout.verify_tree(f"{t.release.root}/current"))
+                target=t.target(h), action=p.ssh(h, layout.read_state(t.release.root, t.store))
+            ),
+            PlannedAction(
+                target=t.target(h),
+                action=p.ssh(h, layout.verify_tree(f"{t.release.root}/{t.link}")),
             ),
             PlannedAction(target=t.target(h), action=p.ssh(h, layout.disk_free(t.release.root))),
         ]
@@ -429,7 +436,7 @@ async def stage(ctx: RunContext, step: StepRun) -> list[Outcome]:
     t = target_of(ctx)
     art = await artifact_of(ctx)
     root = t.release.root
-    final = layout.release_dir(root, t.version)
+    final = layout.release_dir(root, t.version, t.store)
 
     async def one(target: str, host: str) -> Outcome:
         started = utcnow()
@@ -448,15 +455,15 @@ async def stage(ctx: RunContext, step: StepRun) -> list[Outcome]:
                     detail=f"{t.version} already staged and intact",
                 )
             await _ssh(ctx, host, layout.remove(final))
-        await _ssh(ctx, host, layout.remove_stale_staging(root))
-        upload = f"{root}/releases/.staging-{t.version}-{ctx.run_id[:8]}.tar.gz"
+        await _ssh(ctx, host, layout.remove_stale_staging(root, t.store))
+        upload = f"{root}/{t.store}/.staging-{t.version}-{ctx.run_id[:8]}.tar.gz"
         measured = await in_thread(ctx, ctx.ssh.put, host, art.path, upload)
         if measured != art.sha256:
             await _ssh(ctx, host, layout.remove(upload))
             return _fail(
                 step.name, target, f"sha256 on {host} is {measured}, expected {art.sha256}", started
             )
-        staging = layout.staging_dir(root, t.version, ctx.run_id)
+        staging = layout.staging_dir(root, t.version, ctx.run_id, t.store)
         for argv in (layout.unpack(upload, staging), layout.verify_tree(staging)):
             res = await _ssh(ctx, host, argv)
             if not res.ok:
@@ -494,7 +501,7 @@ def plan_stage(p: PlanContext) -> StepPlan:
     if not isinstance(t, Target):
         return StepPlan(actions=[], note=t)
     root = t.release.root
-    staging = f"{root}/releases/.staging-{t.version}-RUN"
+    staging = f"{root}/{t.store}/.staging-{t.version}-RUN"
     actions = []
     for h in t.hosts:
         actions += [
@@ -510,7 +517,8 @@ def plan_stage(p: PlanContext) -> StepPlan:
             PlannedAction(
                 target=t.target(h),
                 action=p.ssh(
-                    h, layout.rename_into_place(staging, layout.release_dir(root, t.version))
+                    h,
+                    layout.rename_into_place(staging, layout.release_dir(root, t.version, t.store)),
                 ),
             ),
         ]
@@ -529,7 +537,7 @@ async def switch_host(
     started = utcnow()
     root = t.release.root
     st = await _state(ctx, t, host)
-    current = layout.version_of_link(str(st.get("current") or ""))
+    current = layout.version_of_link(str(st.get("current") or ""), t.store)
     evidence: dict[str, Any] = {"from": current, "to": version}
     switched = False
     if current != version:
@@ -542,7 +550,7 @@ async def switch_host(
                 step, target, f"stop exited {stop.exit_status}: {stop.tail(2)}", started, **evidence
             )
         chaos.point(f"{step}:{host}:stopped")
-        for argv in (layout.make_link(root, version), layout.swap_link(root)):
+        for argv in (layout.make_link(root, version, t.store), layout.swap_link(root, t.store)):
             res = await _ssh(ctx, host, argv)
             if not res.ok:
                 return _fail(
@@ -555,12 +563,12 @@ async def switch_host(
         chaos.point(f"{step}:{host}:linked")
         switched = True
         evidence["switched_at"] = utcnow().isoformat()
-    link = await _ssh(ctx, host, layout.read_link(root))
-    if link.stdout.strip() != layout.link_target(version):
+    link = await _ssh(ctx, host, layout.read_link(root, t.store))
+    if link.stdout.strip() != layout.link_target(version, t.store):
         return _fail(
             step,
             target,
-            f"current links {link.stdout.strip()!r}, not {layout.link_target(version)!r}",
+            f"{t.link} links {link.stdout.strip()!r}, not {layout.link_target(version, t.store)!r}",
             started,
             **evidence,
         )
@@ -596,7 +604,7 @@ async def hosts_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
     todo, lines = [], []
     for h in t.hosts:
         st = await _state(ctx, t, h)
-        current = layout.version_of_link(str(st.get("current") or ""))
+        current = layout.version_of_link(str(st.get("current") or ""), t.store)
         if current != t.version:
             todo.append(t.target(h))
             lines.append(f"{t.target(h)}: {current} -> {t.version}")
@@ -606,6 +614,8 @@ async def hosts_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
     policy = policy_of(ctx.estate)
     batches = " then ".join(str(len(b)) for b in t.batches())
     kind = "ROLLBACK to" if t.rollback else "release"
+    if t.change == "config":
+        kind = "CONFIGURATION-ONLY change (the binary stays):"
     summary = (
         f"{kind} {t.name} {t.version} (sha256 {art.sha256[:12]}) on {len(todo)} host(s) of "
         f"{ctx.region}, batches {batches}; change {getattr(ctx.params, 'change', None) or '-'}: "
@@ -624,6 +634,7 @@ async def hosts_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
         bound={
             "app": t.name,
             "version": t.version,
+            "change": t.change,
             "hosts": list(t.hosts),
             "batches": [list(b) for b in t.batches()],
             "key": ctx.key_version,
@@ -668,7 +679,7 @@ async def _switch_batch(
 
         async def one(target: str, host: str) -> Outcome:
             st = await _state(ctx, t, host)
-            on = layout.version_of_link(str(st.get("current") or "")) == t.version
+            on = layout.version_of_link(str(st.get("current") or ""), t.store) == t.version
             if not on and target not in approved:
                 return _fail(
                     step.name, target, "not switched: no approval in this run covers it", utcnow()
@@ -702,16 +713,18 @@ def _plan_switch(p: PlanContext, t: Target, hosts: list[str]) -> list[PlannedAct
         for argv in (
             layout.mark_switching(root, t.base, t.version),
             t.app.stop,
-            layout.make_link(root, t.version),
-            layout.swap_link(root),
-            layout.read_link(root),
+            layout.make_link(root, t.version, t.store),
+            layout.swap_link(root, t.store),
+            layout.read_link(root, t.store),
             t.app.start,
         ):
             actions.append(PlannedAction(target=t.target(h), action=p.ssh(h, argv)))
         url = health_url(t.app, p.estate.host(h).address)
         if url:
             actions.append(
-                PlannedAction(target=t.target(h), action=f"GET {url}: 200, version {t.version}")
+                PlannedAction(
+                    target=t.target(h), action=f"GET {url}: 200, {t.probe_key} {t.version}"
+                )
             )
     return actions
 
@@ -785,7 +798,7 @@ def plan_soak(p: PlanContext) -> StepPlan:
     if not isinstance(t, Target):
         return StepPlan(actions=[], note=t)
     rel = t.release
-    checks = "health, version, the process" + (
+    checks = f"health, {t.probe_key}, the process" + (
         f", {rel.error_pattern!r} lines in {rel.log_file}" if rel.log_file else ""
     )
     return StepPlan(
@@ -865,15 +878,15 @@ async def attest(ctx: RunContext, step: StepRun) -> list[Outcome]:
 
         async def one(target: str, host: str) -> Outcome:
             started = utcnow()
-            link = await _ssh(ctx, host, layout.read_link(root))
-            if link.stdout.strip() != layout.link_target(t.version):
+            link = await _ssh(ctx, host, layout.read_link(root, t.store))
+            if link.stdout.strip() != layout.link_target(t.version, t.store):
                 return _fail(
                     step.name,
                     target,
                     f"current links {link.stdout.strip()!r}, not the release",
                     started,
                 )
-            tree = await _ssh(ctx, host, layout.verify_tree(f"{root}/current"))
+            tree = await _ssh(ctx, host, layout.verify_tree(f"{root}/{t.link}"))
             if not tree.ok:
                 return _fail(
                     step.name,
@@ -911,9 +924,9 @@ def plan_attest(p: PlanContext) -> StepPlan:
     actions = []
     for h in t.hosts:
         actions += [
-            PlannedAction(target=t.target(h), action=p.ssh(h, layout.read_link(root))),
+            PlannedAction(target=t.target(h), action=p.ssh(h, layout.read_link(root, t.store))),
             PlannedAction(
-                target=t.target(h), action=p.ssh(h, layout.verify_tree(f"{root}/current"))
+                target=t.target(h), action=p.ssh(h, layout.verify_tree(f"{root}/{t.link}"))
             ),
         ]
     return StepPlan(
@@ -927,17 +940,22 @@ async def finalize(ctx: RunContext, step: StepRun) -> list[Outcome]:
     t = target_of(ctx)
     art = await artifact_of(ctx)
     started = utcnow()
-    current = await in_thread(ctx, records.manifest_version, ctx.ledger, ctx.region, t.name)
+    current = await in_thread(ctx, records.manifest_version, ctx.ledger, ctx.region, t.artifact)
     out: list[Outcome] = []
     if current != t.version:
-        previous = current or t.app.expected_version
+        if current or t.change == "binary":
+            previous = current or t.app.expected_version
+        else:  # a configuration's first release: the one the hosts had before
+            previous = await in_thread(
+                ctx, records.recorded_before, ctx.ledger, ctx.region, ctx.key_version, t.hosts[0]
+            )
         await in_thread(
             ctx,
             records.record_manifest,
             ctx.ledger,
             ctx.run_id,
             region=ctx.region,
-            app=t.name,
+            app=t.artifact,
             version=t.version,
             previous=previous,
             sha256=art.sha256,
@@ -949,10 +967,10 @@ async def finalize(ctx: RunContext, step: StepRun) -> list[Outcome]:
                 target=f"{ctx.region} manifest",
                 status=Status.CHANGED,
                 started_at=started,
-                detail=f"{t.name}: {previous} -> {t.version}",
+                detail=f"{t.artifact}: {previous} -> {t.version}",
             )
         )
-    order = await in_thread(ctx, records.history, ctx.ledger, ctx.region, t.name)
+    order = await in_thread(ctx, records.history, ctx.ledger, ctx.region, t.artifact)
     root = t.release.root
 
     async def one(target: str, host: str) -> Outcome:
@@ -969,7 +987,7 @@ async def finalize(ctx: RunContext, step: StepRun) -> list[Outcome]:
             order=order,
         )
         for v in gone:
-            await _ssh(ctx, host, layout.remove(layout.release_dir(root, v)))
+            await _ssh(ctx, host, layout.remove(layout.release_dir(root, v, t.store)))
         await _ssh(ctx, host, layout.release_lock(root, t.base))
         detail = (
             f"pruned {', '.join(gone)}" if gone else f"nothing to prune (keep {t.release.keep})"
@@ -993,7 +1011,7 @@ def plan_finalize(p: PlanContext) -> StepPlan:
         actions=[
             PlannedAction(
                 target=f"{p.region} manifest",
-                action=f"record {t.name} {t.version} as the region's version",
+                action=f"record {t.artifact} {t.version} as the region's {t.probe_key}",
             )
         ]
         + [
@@ -1025,7 +1043,7 @@ async def hosts_to_roll_back(ctx: RunContext, step: StepRun) -> Changes | None:
             continue
         try:
             st = await _state(ctx, t, h)
-            current = layout.version_of_link(str(st.get("current") or ""))
+            current = layout.version_of_link(str(st.get("current") or ""), t.store)
         except (HostUnreachableError, OpenbellError) as exc:
             current = f"unknown ({exc})"
         if current == before:
@@ -1129,10 +1147,10 @@ async def rollback(ctx: RunContext, step: StepRun) -> list[Outcome]:
                     )
                     continue
                 st = await _state(ctx, t, host)
-                current = layout.version_of_link(str(st.get("current") or ""))
+                current = layout.version_of_link(str(st.get("current") or ""), t.store)
                 if current != before:
                     tree = await _ssh(
-                        ctx, host, layout.verify_tree(layout.release_dir(root, before))
+                        ctx, host, layout.verify_tree(layout.release_dir(root, before, t.store))
                     )
                     if not tree.ok:
                         why = (
@@ -1143,7 +1161,7 @@ async def rollback(ctx: RunContext, step: StepRun) -> list[Outcome]:
                         continue
                 outcome = await switch_host(ctx, http, t, step.name, target, host, before)
                 if t.version in st["releases"]:
-                    await _ssh(ctx, host, layout.mark_bad(root, t.version, mark))
+                    await _ssh(ctx, host, layout.mark_bad(root, t.version, mark, t.store))
                 await _ssh(ctx, host, layout.release_lock(root, t.base))
                 if outcome.passed:
                     await in_thread(ctx, _clear_if_quarantined, ctx, t, host)

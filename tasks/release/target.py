@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from openbell.errors import OpenbellError, UnknownNameError
 from openbell.runbooks.schema import App, AppRelease, Estate
@@ -31,6 +31,9 @@ class Target:
         version: the version to put on its hosts.
         hosts: the app's hosts in the region, in the estate's order (the canary first).
         rollback: a ``--rollback`` run (the version before the last release).
+        change: ``binary`` (a version: ``releases/`` and ``current``) or ``config`` (a
+            configuration-only change, ``--config``: ``configs/`` and ``config``; the
+            binary stays, and ``version`` names the configuration bundle).
     """
 
     region: str
@@ -40,11 +43,33 @@ class Target:
     version: str
     hosts: tuple[str, ...]
     rollback: bool = False
+    change: Literal["binary", "config"] = "binary"
+
+    @property
+    def store(self) -> str:
+        """Where the host keeps this kind of change: ``releases`` or ``configs``."""
+        return "configs" if self.change == "config" else "releases"
+
+    @property
+    def link(self) -> str:
+        """The link that names the one in force: ``current`` or ``config``."""
+        return layout.link_of(self.store)
+
+    @property
+    def artifact(self) -> str:
+        """Its name in the artifact repository and the ledger's manifest: the app's, or
+        ``<app>.config`` for its configuration bundles."""
+        return f"{self.name}.config" if self.change == "config" else self.name
+
+    @property
+    def probe_key(self) -> str:
+        """The health answer's field that says which one runs: ``version`` or ``config``."""
+        return "config" if self.change == "config" else "version"
 
     @property
     def base(self) -> str:
-        """``emea-oms@5.0.4``: the release, whatever the attempt."""
-        return f"{self.name}@{self.version}"
+        """``emea-oms@5.0.4`` (``emea-oms.config@cfg-2``): the release, whatever the attempt."""
+        return f"{self.artifact}@{self.version}"
 
     def target(self, host: str) -> str:
         return f"{self.name}@{host}"
@@ -115,6 +140,26 @@ def resolve(estate: Estate, region: str, params: Any, ledger: Any = None) -> Tar
     assert app.release is not None
     rollback = bool(getattr(params, "rollback", False))
     version = getattr(params, "version", None)
+    config = getattr(params, "config", None)
+    if config:
+        if version:
+            raise ReleaseError(
+                "--config is a configuration-only change (the binary stays): give --version "
+                "or --config, not both"
+            )
+        if rollback:
+            before = records.previous_version(ledger, region, f"{name}.config") if ledger else None
+            hint = f" (the one before: --config {before})" if before else ""
+            raise ReleaseError(
+                "--rollback returns the binary; to put a configuration back, release it with "
+                f"--config{hint}"
+            )
+        try:
+            layout.check_version(config)
+        except ValueError as exc:
+            raise ReleaseError(f"--config: {exc}") from None
+        hosts = tuple(h for h in app.hosts if h in estate.hosts_in(region))
+        return Target(region, name, app, app.release, config, hosts, change="config")
     if rollback:
         if version:
             raise ReleaseError("--rollback goes back to the version before; do not give --version")
@@ -125,7 +170,9 @@ def resolve(estate: Estate, region: str, params: Any, ledger: Any = None) -> Tar
                 "so there is nothing to roll back to"
             )
     if not version:
-        raise ReleaseError(f"a release of {name} needs --version")
+        raise ReleaseError(
+            f"a release of {name} needs --version (or --config for a configuration-only change)"
+        )
     try:
         layout.check_version(version)
     except ValueError as exc:
@@ -143,7 +190,7 @@ def key_version(params: Any, estate: Estate, ledger: Any) -> str:
     counts the rollbacks of that release: a retry after one gets keys of its own.
     """
     t = resolve(estate, params.region.lower(), params, ledger)
-    found = records.manifest_entries(ledger, t.region, t.name)
+    found = records.manifest_entries(ledger, t.region, t.artifact)
     base = f"{t.base}#m{found[-1].seq if found else 0}"
     return f"{base}/a{records.attempts(ledger, t.region, base) + 1}"
 
