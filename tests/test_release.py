@@ -375,6 +375,43 @@ def test_a_configuration_only_change_switches_the_config_link_only(lab) -> None:
         resolve(estate, REGION, asked(config="cfg-2", rollback=True), ledger)
 
 
+def test_the_approval_expires_at_the_point_of_no_return(lab, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """RELEASE.md T29: 40 minutes before the point of no return, a release's approval
+    request lives 40 minutes, not the policy's 60: a late approval switches nothing."""
+    from datetime import datetime, timedelta
+
+    from openbell.settings import get_settings
+    from openbell.tasks.release.steps import expected_minutes, policy_of
+    from openbell.tasks.release.target import resolve
+    from openbell.tasks.release.window import release_window
+
+    path, estate, _ = lab
+    policy = policy_of(estate)
+    assert policy.ttl_minutes == 60
+    t = resolve(estate, REGION, _Asked(app=APP, version="3.0.1"))
+    minutes = expected_minutes(t, policy)
+    at = datetime.fromisoformat(INSIDE_WINDOW)
+    ponr = release_window(estate, REGION, at, policy, expected_minutes=minutes).ponr
+    assert ponr is not None
+    late = ponr - timedelta(minutes=40)
+    monkeypatch.setenv("OPENBELL_REHEARSAL_AT", late.isoformat())
+    get_settings.cache_clear()
+    record = approved_release(estate, path, "3.0.1")
+    assert record.passed, [(s.name, s.summary()) for s in record.steps if not s.passed]
+    with Ledger() as ledger:
+        asked = ledger.entries(run_id=record.run_id, kinds=["approval_requested"])
+    req = asked[0].payload["request"]
+    lives = datetime.fromisoformat(req["expires_at"]) - datetime.fromisoformat(req["created_at"])
+    assert timedelta(minutes=39) < lives <= timedelta(minutes=40), lives
+
+
+class _Asked:
+    def __init__(self, **kw: Any) -> None:
+        self.version = self.config = None
+        self.rollback = False
+        self.__dict__.update(kw)
+
+
 def estate_copy(path: Path, tmp_path: Path, name: str, change: Any) -> Path:
     """The test estate with ``change(data)`` applied, beside it (its relative paths hold)."""
     import yaml

@@ -612,6 +612,12 @@ async def hosts_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
         return None
     emergency = _emergency(ctx)
     policy = policy_of(ctx.estate)
+    ttl = policy.ttl_minutes
+    left = _minutes_to_ponr(ctx)
+    if left is not None:
+        # An approval that came after the point of no return would switch a host with no
+        # time left to come back: the request expires there (the canary refuses after it).
+        ttl = max(min(ttl, left), 0.1)
     batches = " then ".join(str(len(b)) for b in t.batches())
     kind = "ROLLBACK to" if t.rollback else "release"
     if t.change == "config":
@@ -628,7 +634,7 @@ async def hosts_to_switch(ctx: RunContext, step: StepRun) -> Changes | None:
         summary=summary,
         approver_group=t.release.approver_group,
         required_approvers=policy.emergency_approvers if emergency else 1,
-        ttl_minutes=policy.ttl_minutes,
+        ttl_minutes=ttl,
         emergency=emergency,
         artifact_sha256=art.sha256,
         bound={
@@ -689,9 +695,32 @@ async def _switch_batch(
         return await step.fan_out(ctx, [(t.target(h), h) for h in batch], one)
 
 
+def _minutes_to_ponr(ctx: RunContext) -> float | None:
+    """Minutes left before the window's point of no return (None: no window, or an
+    emergency release, which has none)."""
+    window = ctx.scratch.get("window")
+    if window is None or not window.ponr or _emergency(ctx):
+        return None
+    return float((window.ponr - now(ctx.estate)).total_seconds() / 60)
+
+
 async def canary(ctx: RunContext, step: StepRun) -> list[Outcome]:
-    """The first batch, once the release is approved."""
+    """The first batch, once the release is approved; never past the point of no return
+    (an approval that came late switches nothing)."""
     t = target_of(ctx)
+    left = _minutes_to_ponr(ctx)
+    if left is not None and left <= 0:
+        window = ctx.scratch["window"]
+        return [
+            _fail(
+                step.name,
+                t.target(h),
+                f"not switched: past the point of no return ({window.ponr:%H:%M}Z), nothing "
+                "changed; release in the next window",
+                utcnow(),
+            )
+            for h in t.batches()[0]
+        ]
     return await _switch_batch(ctx, step, t, t.batches()[0], _approved(step, ctx))
 
 
