@@ -23,10 +23,26 @@ from openbell.deployments.cli.common import (
 app = typer.Typer()
 
 Reason = Annotated[str, typer.Option("--reason", help="your justification (kept in the ledger)")]
+BindingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--binding",
+        help="the binding hash you were shown (openbell approvals prints it; 12+ characters): "
+        "refused if the request open now is bound to anything else",
+    ),
+]
 StepOpt = Annotated[str | None, typer.Option("--step", help="the step, if the run has several")]
 
 
-def _decide(run: str, step: str | None, who: str | None, key: Any, verb: str, reason: str) -> None:
+def _decide(
+    run: str,
+    step: str | None,
+    who: str | None,
+    key: Any,
+    verb: str,
+    reason: str,
+    binding: str | None = None,
+) -> None:
     from openbell.runbooks.entitlements import entitlements_for
     from openbell.runbooks.identity import decision_statement
     from openbell.runbooks.loader import load_estate
@@ -67,6 +83,11 @@ def _decide(run: str, step: str | None, who: str | None, key: Any, verb: str, re
                 run_id=run_id,
             )
             raise CliError(f"to {verb}, give a justification: --reason '...' (not blank)")
+        seen = asked.binding_hash
+        if binding is not None:
+            given = binding.strip().lower()
+            if len(given) < 12 or not asked.binding_hash.startswith(given):
+                seen = given  # decide() refuses it (and records why): not what is open now
         decided = decide(
             ledger,
             estate,
@@ -76,6 +97,7 @@ def _decide(run: str, step: str | None, who: str | None, key: Any, verb: str, re
             decision=decision,
             justification=reason,
             proof=proof,
+            binding_seen=seen,
             step=step,
             via="cli",
         )
@@ -133,9 +155,10 @@ def approve(
     step: StepOpt = None,
     who: AsOpt = None,
     key: KeyOpt = None,
+    binding: BindingOpt = None,
 ) -> None:
     """Approve a step a run is waiting on (four-eyes: never your own run)."""
-    _decide(run, step, who, key, "approve", reason)
+    _decide(run, step, who, key, "approve", reason, binding)
 
 
 @command(app)
@@ -145,9 +168,10 @@ def reject(
     step: StepOpt = None,
     who: AsOpt = None,
     key: KeyOpt = None,
+    binding: BindingOpt = None,
 ) -> None:
     """Reject a step a run is waiting on; the run then changes nothing there."""
-    _decide(run, step, who, key, "reject", reason)
+    _decide(run, step, who, key, "reject", reason, binding)
 
 
 @command(app)
@@ -184,5 +208,6 @@ def approvals(as_json: JsonOpt = False) -> None:
             f"{row['runbook']} {str(row['region']).upper()} step {row['step']}: {row['summary']} "
             f"(requested by {row['requester']}, {row['required']} from {row['approver_group']}, "
             f"expires {row['expires_at']})\n  openbell approve {row['run_id']} "
-            f"--step {row['step']} --as <you> --reason '...'"
+            f"--step {row['step']} --binding {str(row['binding_hash'])[:16]} --as <you> "
+            "--reason '...'"
         )

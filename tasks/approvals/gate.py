@@ -218,6 +218,7 @@ def decide(
     decision: Literal["approve", "reject", "override"],
     justification: str = "",
     proof: Proof | None,
+    binding_seen: str,
     step: str | None = None,
     via: str = "cli",
     now: datetime | None = None,
@@ -239,6 +240,10 @@ def decide(
         step: the step, when the run has several requests.
         proof: how ``approver`` was proven (:func:`openbell.runbooks.identity.prove`);
             None or an unproven one is recorded and refused.
+        binding_seen: the binding hash of the request the approver was shown (the one
+            ``openbell approve`` loaded, the one a Slack button carries). When the open
+            request's binding is another (the plan changed, a newer request replaced it), the
+            decision is refused and recorded: nobody approves a plan they did not see.
         via: ``cli``, ``prefect-ui`` or ``slack``.
         now: the time of the decision (default now).
 
@@ -262,6 +267,22 @@ def decide(
             run_id=run_id,
         )
         raise ApprovalError(late)
+    if binding_seen != req.request.binding_hash:
+        stale = (
+            f"run {run_id} step {req.request.step}: you were shown binding "
+            f"{binding_seen[:12]}, but the open request is bound to "
+            f"{req.request.binding_hash[:12]} (the plan changed since): nothing decided; "
+            "look at the request again (openbell approvals) and decide on what is open now"
+        )
+        ledger.record_refusal(
+            who=approver,
+            action=decision,
+            runbook=req.request.runbook,
+            region=req.request.region,
+            reason=stale,
+            run_id=run_id,
+        )
+        raise ApprovalError(stale, refused=True)
     when = now or utcnow()
     made = ApprovalDecision(
         run_id=run_id,
@@ -565,11 +586,26 @@ def ui_proof(
     )
 
 
+def _signed_binding(statement: str) -> str | None:
+    """The binding a decision statement names (its ``binding`` line), or None."""
+    for line in statement.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "binding":
+            return value.strip()
+    return None
+
+
 async def _record_ui_answer(
     ctx: RunContext, entitlements: Entitlements, step: str, answer: ApprovalInput
 ) -> None:
     try:
         proof = await in_thread(ctx, ui_proof, ctx.ledger, entitlements, ctx.run_id, step, answer)
+        seen = (
+            _signed_binding(proof.statement or "")
+            or (
+                await in_thread(ctx, load_request, ctx.ledger, ctx.run_id, step)
+            ).request.binding_hash
+        )
         await in_thread(
             ctx,
             decide,
@@ -581,6 +617,9 @@ async def _record_ui_answer(
             decision=answer.decision,
             justification=answer.justification,
             proof=proof,
+            # what the approver signed names the binding they saw; an unsigned answer is
+            # refused for its proof, whatever it saw
+            binding_seen=seen,
             step=step,
             via="prefect-ui",
         )
