@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     estate: Path = Field(default_factory=default_estate, description="The estate YAML to load.")
     slack_token: SecretStr | None = Field(default=None, description="Slack bot token.")
     slack_base_url: str = Field(default="https://slack.com/api/")
+    slack_signing_secret: SecretStr | None = Field(
+        default=None, description="the Slack app's signing secret (HTTP mode: every request)"
+    )
+    slack_app_token: SecretStr | None = Field(
+        default=None, description="the Slack app-level token (xapp-..., Socket Mode)"
+    )
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")
     ledger_url: str | None = Field(
         default=None, description="ledger database URL (default: SQLite under home)"

@@ -394,6 +394,9 @@ def identity_index(estate: Estate) -> dict[str, str]:
             person's key; placed in the estate file when it is known.
     """
     index = {name: name for name in estate.people}
+    if estate.slack is not None:  # slack:<team or org>/<user>, as the estate maps them
+        for user, name in estate.slack.users.items():
+            index[f"slack:{user}"] = name
     for name, person in estate.people.items():
         for i, identity in enumerate(person.identities):
             owner = index.setdefault(identity, name)

@@ -608,6 +608,79 @@ def _runbook_policies(raw: Any) -> Any:
     return out
 
 
+_SLACK_ID = re.compile(r"[A-Z][A-Z0-9]{2,30}")
+_SLACK_USER = re.compile(r"(?P<org>[TE][A-Z0-9]{2,30})/(?P<user>[UW][A-Z0-9]{2,30})")
+
+
+def _slack_id(value: str, what: str) -> str:
+    if not _SLACK_ID.fullmatch(value):
+        raise ValueError(f"{value!r}: expected a Slack {what} id (capitals and digits)")
+    return value
+
+
+class SlackApp(Model):
+    """The Slack app (``openbell slack``): which requests are the firm's, and who is who.
+
+    A request counts only when it names this app (``api_app_id``), comes from one of the
+    firm's workspaces (its ``team_id`` and its user's ``team_id``) or its Enterprise Grid
+    org, and its user is mapped here to a person of the estate, qualified by workspace (or
+    org): ``T0LAB/UALICE: alice``. Display names, e-mails and anything else a payload says
+    about its user are never read. Runs and approvals only from the regions' channels.
+    """
+
+    app_id: str = Field(description="the app's id, e.g. A0OPENBELL (api_app_id)")
+    workspaces: list[str] = Field(min_length=1, description="the firm's team ids, e.g. T0LAB")
+    enterprise: str | None = Field(default=None, description="the firm's Enterprise Grid id")
+    channels: dict[str, str] = Field(
+        default_factory=dict, description="region -> the channel id runs and approvals come from"
+    )
+    users: dict[str, str] = Field(
+        default_factory=dict, description="<team or enterprise id>/<user id> -> person"
+    )
+
+    @field_validator("app_id")
+    @classmethod
+    def _app(cls, value: str) -> str:
+        return _slack_id(value, "app")
+
+    @field_validator("workspaces")
+    @classmethod
+    def _teams(cls, value: list[str]) -> list[str]:
+        return [_slack_id(v, "team") for v in value]
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        return {region: _slack_id(c, "channel") for region, c in value.items()}
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, value: dict[str, str]) -> dict[str, str]:
+        for user in value:
+            if not _SLACK_USER.fullmatch(user):
+                raise ValueError(
+                    f"{user!r}: expected <team or enterprise id>/<user id>, e.g. T0LAB/UALICE "
+                    "(a user id alone is not unique across workspaces)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _orgs(self) -> SlackApp:
+        orgs = {*self.workspaces, *([self.enterprise] if self.enterprise else [])}
+        for user in self.users:
+            org = user.split("/", 1)[0]
+            if org not in orgs:
+                raise ValueError(
+                    f"users.{user}: {org} is not one of the firm's workspaces or its org "
+                    f"({', '.join(sorted(orgs))})"
+                )
+        return self
+
+    def identity(self, org: str, user: str) -> str:
+        """The identity a Slack user is known by in the estate: ``slack:T0LAB/UALICE``."""
+        return f"slack:{org}/{user}"
+
+
 class ArtifactRepository(Model):
     """Where release artifacts come from: ``GET <url>/<app>/<version>/index.json`` names the
     file, its sha256 and its detached ed25519 signature."""
@@ -657,6 +730,7 @@ class Estate(Model):
         description="lab: a rehearsal clock (OPENBELL_REHEARSAL_AT) is allowed",
     )
     artifacts: ArtifactRepository | None = None
+    slack: SlackApp | None = None
     known_hosts: Path
     entitlements: Path | None = Field(
         default=None, description="who may do what (relative to this file); none: deny all"
@@ -795,6 +869,17 @@ class Estate(Model):
                 if item.region not in self.regions:
                     raise UnknownNameError(
                         "region", item.region, regions, key_path=f"{kind}.{name}.region"
+                    )
+        if self.slack is not None:
+            for region in self.slack.channels:
+                if region not in self.regions:
+                    raise UnknownNameError(
+                        "region", region, regions, key_path=f"slack.channels.{region}"
+                    )
+            for user, person in self.slack.users.items():
+                if person not in self.people:
+                    raise UnknownNameError(
+                        "person", person, list(self.people), key_path=f"slack.users.{user}"
                     )
         for name, session in self.fix_sessions.items():
             if session.store_host and session.store_host not in self.hosts:

@@ -5,9 +5,9 @@ output where a script would want it.
 
 One module per command group: ``runs`` (validate, plan, run), ``approvals`` (approve,
 reject, approvals), ``reports`` (report), ``versions`` (versions) and
-``schedule`` (calendar, deploy, doctor, worker, catchup) put their commands on the root
-app; ``lab``, ``audit`` and ``quarantine`` are groups of their own; ``common`` holds what
-they share (consoles, errors, option types, checks).
+``schedule`` (calendar, deploy, doctor, worker, catchup), ``slack`` (the Slack app) put
+their commands on the root app; ``lab``, ``audit`` and ``quarantine`` are groups of their
+own; ``common`` holds what they share (consoles, errors, option types, checks).
 Each keeps its heavy imports inside its commands: ``openbell --help`` imports no Prefect.
 """
 
@@ -32,6 +32,7 @@ from openbell.deployments.cli import (
     reports,
     runs,
     schedule,
+    slack,
     versions,
 )
 from openbell.deployments.cli.common import err
@@ -45,7 +46,7 @@ app = typer.Typer(
 )
 # These modules' commands are top-level commands, not groups: the root app takes them
 # over, in this order (the order `openbell --help` lists them in).
-for _module in (runs, approvals, reports, schedule, versions):
+for _module in (runs, approvals, reports, schedule, versions, slack):
     app.registered_commands += _module.app.registered_commands
 app.add_typer(lab.app, name="lab")
 app.add_typer(audit.app, name="audit")
