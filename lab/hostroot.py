@@ -62,34 +62,33 @@ def install_releases(root: Path, estate: Estate, name: str) -> None:
     from the lab repository's artifact of its expected version, and ``current`` linking
     it; ``configs/cfg-1/`` and ``config`` linking it. Kept as it is once there (a release
     may have switched it since)."""
-    from openbell.lab.artifacts import CONFIG, FIRST_CONFIG, artifact, unpack_into
+    from openbell.lab.artifacts import CONFIG, FIRST_CONFIG, artifact
 
     for app_name, app in estate.apps.items():
         if name not in app.hosts or app.release is None or estate.artifacts is None:
             continue
         base = inside(root, app.release.root, f"apps.{app_name}.release.root")
         version = app.expected_version or DEFAULT_VERSION
-        release = base / "releases" / version
-        if not release.exists():
-            data, _ = artifact(estate, app_name, version)
-            staging = base / "releases" / f".staging-{version}-lab"
-            staging.mkdir(parents=True, exist_ok=True)
-            unpack_into(data, staging)
-            staging.rename(release)
-        current = base / "current"
-        if not current.is_symlink() and not current.exists():
-            current.symlink_to(f"releases/{version}")
+        _lay_out(base, "releases", "current", version, artifact(estate, app_name, version)[0])
         # its configuration, beside the releases: configs/<cfg>/ and the ``config`` link
-        bundle = base / "configs" / FIRST_CONFIG
-        if not bundle.exists():
-            data, _ = artifact(estate, app_name + CONFIG, FIRST_CONFIG)
-            staging = base / "configs" / f".staging-{FIRST_CONFIG}-lab"
-            staging.mkdir(parents=True, exist_ok=True)
-            unpack_into(data, staging)
-            staging.rename(bundle)
-        config = base / "config"
-        if not config.is_symlink() and not config.exists():
-            config.symlink_to(f"configs/{FIRST_CONFIG}")
+        bundle = artifact(estate, app_name + CONFIG, FIRST_CONFIG)[0]
+        _lay_out(base, "configs", "config", FIRST_CONFIG, bundle)
+
+
+def _lay_out(base: Path, store: str, link: str, version: str, data: bytes) -> None:
+    """``base/store/version/`` unpacked from ``data`` (by rename, as a release is staged)
+    and ``base/link`` naming it, each only if missing."""
+    from openbell.lab.artifacts import unpack_into
+
+    final = base / store / version
+    if not final.exists():
+        staging = base / store / f".staging-{version}-lab"
+        staging.mkdir(parents=True, exist_ok=True)
+        unpack_into(data, staging)
+        staging.rename(final)
+    named = base / link
+    if not named.is_symlink() and not named.exists():
+        named.symlink_to(f"{store}/{version}")
 
 
 def inside(root: Path, rel: str, key_path: str) -> Path:

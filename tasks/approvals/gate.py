@@ -256,16 +256,20 @@ def decide(
         'approved'
     """
     req = load_request(ledger, run_id, step)
-    if req.closed is not None:
-        late = f"run {run_id} step {req.request.step}: already {req.closed}; nothing to decide"
-        ledger.record_refusal(  # a decision that came too late is on the record too
+
+    def refuse(reason: str) -> None:  # every refused decision is on the record
+        ledger.record_refusal(
             who=approver,
             action=decision,
             runbook=req.request.runbook,
             region=req.request.region,
-            reason=late,
+            reason=reason,
             run_id=run_id,
         )
+
+    if req.closed is not None:
+        late = f"run {run_id} step {req.request.step}: already {req.closed}; nothing to decide"
+        refuse(late)
         raise ApprovalError(late)
     if binding_seen != req.request.binding_hash:
         stale = (
@@ -274,14 +278,7 @@ def decide(
             f"{req.request.binding_hash[:12]} (the plan changed since): nothing decided; "
             "look at the request again (openbell approvals) and decide on what is open now"
         )
-        ledger.record_refusal(
-            who=approver,
-            action=decision,
-            runbook=req.request.runbook,
-            region=req.request.region,
-            reason=stale,
-            run_id=run_id,
-        )
+        refuse(stale)
         raise ApprovalError(stale, refused=True)
     when = now or utcnow()
     made = ApprovalDecision(
@@ -302,14 +299,7 @@ def decide(
     )
     why = next((w for d, w in verdict.refused if d == made), None)
     if why is not None:
-        ledger.record_refusal(
-            who=approver,
-            action=decision,
-            runbook=req.request.runbook,
-            region=req.request.region,
-            reason=why,
-            run_id=run_id,
-        )
+        refuse(why)
         raise ApprovalError(f"not counted: {why}", refused=True)
     log.info("run %s step %s: %s by %s via %s", run_id, made.step, decision, approver, via)
     return Decided(seq=entry.seq, verdict=verdict, request=req)
